@@ -1,0 +1,84 @@
+//! One file per subcommand: parse flags, pick the device, call the library.
+
+mod chat;
+mod convert;
+mod generate;
+mod models;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use switchyard::runtime::DeviceKind;
+
+#[derive(Parser)]
+#[command(name = "switchyard", version, about = "Tune an open-weight model, measure it against hosted providers, route each task to the right one.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// More log output (-v: debug, -vv: trace). RUST_LOG also works.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a completion for one prompt (the chat template is applied unless --raw).
+    Generate(generate::GenerateArgs),
+    /// An interactive chat session with a model.
+    Chat(chat::ChatArgs),
+    /// Convert a GGUF file into a Hugging Face folder (config, safetensors, tokenizer, chat template).
+    Convert(convert::ConvertArgs),
+    /// Fetch, list and inspect models in the models directory.
+    Models(models::ModelsArgs),
+}
+
+/// Where and what to run: shared by every command that loads a model.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A .gguf file, a Hugging Face folder, a Hub id (org/name[@rev]) or a name in the models
+    /// directory. Default: SmolLM2-135M-Instruct from `switchyard models fetch`.
+    #[arg(long, short)]
+    pub model: Option<String>,
+    /// cpu (burn flex), cuda or wgpu.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    pub device: DeviceKind,
+    /// CPU threads (default: all cores, or RAYON_NUM_THREADS).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> anyhow::Result<switchyard::generate::Engine> {
+        switchyard::runtime::set_threads(self.threads);
+        let device = self.device.device().map_err(anyhow::Error::msg)?;
+        Ok(switchyard::runtime::load_engine(self.model.as_deref(), &device)?)
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "switchyard=debug,info",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().init();
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Chat(a) => chat::run(a),
+        Command::Convert(a) => convert::run(a),
+        Command::Models(a) => models::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

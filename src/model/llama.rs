@@ -1,0 +1,202 @@
+//! The Llama family in burn: Llama (RMSNorm, RoPE incl. llama3 scaling, SwiGLU, GQA, tied
+//! embeddings), Mistral (sliding-window attention) and Qwen2 (QKV bias). One network, read top to
+//! bottom; the differences are flags of [`ResolvedConfig`].
+//!
+//! Weights are addressed by their Hugging Face names. Linear weights are stored `[in, out]`
+//! (burn's layout), so Hugging Face `[out, in]` tensors are transposed on load.
+
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::prelude::*;
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::module::linear;
+
+use super::cache::{KvCache, LayerCache};
+use super::config::ResolvedConfig;
+use super::rope::Rope;
+use crate::weights::{HostTensor, WeightSource, WeightsError};
+
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    pub weight: Param<Tensor<1>>,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let var = x.clone().powi_scalar(2).mean_dim(D - 1);
+        let x = x * (var + self.eps).sqrt().recip();
+        x * self.weight.val().unsqueeze()
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+#[derive(Module, Debug)]
+pub struct CausalLm {
+    pub embed_tokens: Param<Tensor<2>>,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    /// `None` when the output projection is tied to the embedding.
+    pub lm_head: Option<Linear>,
+    pub rope: Rope,
+    sliding_window: usize,
+}
+
+/// What the caller wants out of a forward pass.
+pub struct Batch {
+    /// `[batch, seq]` token ids.
+    pub tokens: Tensor<2, Int>,
+    /// `[batch, seq]` absolute positions (after left padding, the first real token is 0).
+    pub positions: Tensor<2, Int>,
+    /// Additive attention bias `[batch, 1, seq, past + seq]`: 0 where allowed, -inf where masked.
+    pub mask: Tensor<4>,
+}
+
+impl Mlp {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+impl Attention {
+    fn forward(&self, x: Tensor<3>, cos: &Tensor<4>, sin: &Tensor<4>, mask: &Tensor<4>, cache: &mut LayerCache) -> Tensor<3> {
+        let [b, s, _] = x.dims();
+        let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
+        let split = |t: Tensor<3>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2);
+        let q = Rope::apply(split(self.q_proj.forward(x.clone()), h), cos, sin);
+        let k = Rope::apply(split(self.k_proj.forward(x.clone()), kv), cos, sin);
+        let v = split(self.v_proj.forward(x), kv);
+        let (k, v) = cache.append(k, v);
+        let t = k.dims()[2];
+        // Grouped-query attention without copying K/V: fold each group's query heads into the
+        // sequence axis, so one KV head serves `group` query heads in a single matmul.
+        let group = h / kv;
+        let q = q.reshape([b, kv, group * s, d]);
+        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt());
+        let scores = scores.reshape([b, kv, group, s, t]) + mask.clone().unsqueeze_dim::<5>(2);
+        let probs = softmax(scores.reshape([b, kv, group * s, t]), 3);
+        let out = probs.matmul(v).reshape([b, h, s, d]).swap_dims(1, 2).reshape([b, s, h * d]);
+        self.o_proj.forward(out)
+    }
+}
+
+impl DecoderLayer {
+    fn forward(&self, x: Tensor<3>, cos: &Tensor<4>, sin: &Tensor<4>, mask: &Tensor<4>, cache: &mut LayerCache) -> Tensor<3> {
+        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, mask, cache);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+}
+
+impl CausalLm {
+    /// Hidden states after the final norm, `[batch, seq, hidden]`; the cache grows by `seq`.
+    pub fn forward_hidden(&self, batch: Batch, cache: &mut KvCache) -> Tensor<3> {
+        let [b, s] = batch.tokens.dims();
+        let hidden = self.embed_tokens.dims()[1];
+        let x = self.embed_tokens.val().select(0, batch.tokens.reshape([b * s])).reshape([b, s, hidden]);
+        let (cos, sin) = self.rope.tables(batch.positions);
+        let mut x = x;
+        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward(x, &cos, &sin, &batch.mask, lc);
+        }
+        self.norm.forward(x)
+    }
+
+    /// Logits `[batch, seq, vocab]` for hidden states.
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => linear(hidden, self.embed_tokens.val().transpose(), None),
+        }
+    }
+
+    /// The sliding window (Mistral), if any; masks must honour it.
+    pub fn sliding_window(&self) -> Option<usize> {
+        (self.sliding_window > 0).then_some(self.sliding_window)
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.rope.max_positions()
+    }
+
+    /// Build the network from Hugging Face-named tensors, checking every shape.
+    pub fn load(cfg: &ResolvedConfig, src: &dyn WeightSource, device: &Device) -> Result<Self, WeightsError> {
+        let up = |t: HostTensor| -> Tensor<2> {
+            let shape = [t.shape[0], t.shape[1]];
+            Tensor::from_data(TensorData::new(t.data, shape), device)
+        };
+        let vec = |t: HostTensor| -> Tensor<1> { Tensor::from_data(TensorData::new(t.data, [t.shape[0]]), device) };
+        let lin = |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear, WeightsError> {
+            let w = src.require(&format!("{name}.weight"), &[d_out, d_in])?;
+            let bias = if bias { Some(Param::from_tensor(vec(src.require(&format!("{name}.bias"), &[d_out])?))) } else { None };
+            Ok(Linear { weight: Param::from_tensor(up(w.transposed())), bias })
+        };
+        let norm = |name: &str| -> Result<RmsNorm, WeightsError> {
+            Ok(RmsNorm { weight: Param::from_tensor(vec(src.require(name, &[cfg.hidden])?)), eps: cfg.eps })
+        };
+        let (hd, q_out, kv_out) = (cfg.hidden, cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let p = format!("model.layers.{i}");
+            layers.push(DecoderLayer {
+                input_layernorm: norm(&format!("{p}.input_layernorm.weight"))?,
+                self_attn: Attention {
+                    q_proj: lin(&format!("{p}.self_attn.q_proj"), hd, q_out, cfg.qkv_bias)?,
+                    k_proj: lin(&format!("{p}.self_attn.k_proj"), hd, kv_out, cfg.qkv_bias)?,
+                    v_proj: lin(&format!("{p}.self_attn.v_proj"), hd, kv_out, cfg.qkv_bias)?,
+                    o_proj: lin(&format!("{p}.self_attn.o_proj"), q_out, hd, false)?,
+                    heads: cfg.heads,
+                    kv_heads: cfg.kv_heads,
+                    head_dim: cfg.head_dim,
+                },
+                post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
+                mlp: Mlp {
+                    gate_proj: lin(&format!("{p}.mlp.gate_proj"), hd, cfg.intermediate, cfg.mlp_bias)?,
+                    up_proj: lin(&format!("{p}.mlp.up_proj"), hd, cfg.intermediate, cfg.mlp_bias)?,
+                    down_proj: lin(&format!("{p}.mlp.down_proj"), cfg.intermediate, hd, cfg.mlp_bias)?,
+                },
+            });
+        }
+        let embed = up(src.require("model.embed_tokens.weight", &[cfg.vocab, hd])?);
+        let lm_head = if cfg.tied_embeddings { None } else { Some(lin("lm_head", hd, cfg.vocab, false)?) };
+        // Positions beyond what the model was trained for are refused by the generator, not here.
+        let positions = cfg.max_positions.min(32_768);
+        Ok(Self {
+            embed_tokens: Param::from_tensor(embed),
+            layers,
+            norm: norm("model.norm.weight")?,
+            lm_head,
+            rope: Rope::new(cfg, positions, device),
+            sliding_window: cfg.sliding_window.unwrap_or(0),
+        })
+    }
+}

@@ -1,0 +1,11 @@
+//! The network in burn: configuration from `config.json`, attention (GQA, RoPE, KV cache), MLP,
+//! norms. Generic over the device: nothing here assumes the CPU.
+
+pub mod cache;
+pub mod config;
+pub mod llama;
+pub mod rope;
+
+pub use cache::KvCache;
+pub use config::{Architecture, ModelConfig, ResolvedConfig};
+pub use llama::{Batch, CausalLm};

@@ -1,0 +1,74 @@
+//! GGUF → Hugging Face folder: `config.json`, `model.safetensors` (f32), `tokenizer.json`,
+//! `tokenizer_config.json`, `chat_template.jinja`, `generation_config.json`. transformers loads
+//! the result unchanged.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::json;
+
+use super::gguf_model::GgufModel;
+use super::hf_folder::write_safetensors;
+use super::{WeightSource, WeightsError, write_atomic};
+use crate::tokenize::gguf_vocab;
+
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), WeightsError> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| WeightsError::Other(e.to_string()))?;
+    write_atomic(path, text.as_bytes())
+}
+
+/// Convert `gguf` into a Hugging Face folder at `out`. Files are written atomically, the weights
+/// last, so an interrupted conversion never leaves a folder that looks complete.
+pub fn gguf_to_hf(gguf: &Path, out: &Path, mut progress: impl FnMut(usize, usize)) -> Result<(), WeightsError> {
+    let model = GgufModel::open(gguf)?;
+    let config = model.config()?;
+    let vocab = model.vocab()?;
+    let tok = gguf_vocab::tokenizer_json(&vocab).map_err(|e| WeightsError::Format {
+        path: gguf.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    std::fs::create_dir_all(out).map_err(|e| WeightsError::io(out, e))?;
+    // Drop an old weights file first: the folder is complete only when it is rewritten at the end.
+    let weights_path = out.join("model.safetensors");
+    if weights_path.exists() {
+        std::fs::remove_file(&weights_path).map_err(|e| WeightsError::io(&weights_path, e))?;
+    }
+    let mut cfg = serde_json::to_value(&config).map_err(|e| WeightsError::Other(e.to_string()))?;
+    if let Some(obj) = cfg.as_object_mut() {
+        obj.retain(|_, v| !v.is_null());
+        obj.insert("architectures".into(), json!([config.resolve().map_err(|e| WeightsError::Other(e.to_string()))?.arch.class_name()]));
+        obj.insert("hidden_act".into(), json!("silu"));
+        obj.insert("torch_dtype".into(), json!("float32"));
+        obj.insert("transformers_version".into(), json!("4.46.0"));
+        obj.insert("initializer_range".into(), json!(0.02));
+        obj.insert("use_cache".into(), json!(true));
+    }
+    write_json(&out.join("config.json"), &cfg)?;
+    write_json(&out.join("tokenizer.json"), &tok)?;
+    write_json(&out.join("tokenizer_config.json"), &gguf_vocab::tokenizer_config_json(&vocab))?;
+    if let Some(t) = &vocab.chat_template {
+        write_atomic(&out.join("chat_template.jinja"), t.as_bytes())?;
+    }
+    let mut gen_cfg = json!({"_from_model_config": true, "transformers_version": "4.46.0"});
+    if let Some(b) = vocab.bos_id {
+        gen_cfg["bos_token_id"] = b.into();
+    }
+    if let Some(e) = vocab.eos_id {
+        gen_cfg["eos_token_id"] = e.into();
+    }
+    if let Some(p) = vocab.pad_id {
+        gen_cfg["pad_token_id"] = p.into();
+    }
+    write_json(&out.join("generation_config.json"), &gen_cfg)?;
+
+    let names = model.names();
+    let mut tensors = BTreeMap::new();
+    for (i, name) in names.iter().enumerate() {
+        progress(i, names.len());
+        if let Some(t) = model.get(name)? {
+            tensors.insert(name.clone(), t);
+        }
+    }
+    progress(names.len(), names.len());
+    write_safetensors(&weights_path, &tensors)
+}

@@ -1,0 +1,60 @@
+//! The one interface the model loader reads: named host tensors, fetched lazily.
+
+use std::path::Path;
+
+use super::WeightsError;
+
+/// A dense f32 tensor on the host, row-major, in PyTorch shape order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Self { shape, data }
+    }
+
+    /// Transpose a 2-D tensor (`[rows, cols]` to `[cols, rows]`).
+    pub fn transposed(&self) -> HostTensor {
+        let (rows, cols) = (self.shape[0], self.shape[1]);
+        let mut out = vec![0.0; self.data.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                out[c * rows + r] = self.data[r * cols + c];
+            }
+        }
+        HostTensor::new(vec![cols, rows], out)
+    }
+}
+
+/// Anything that can hand out Hugging Face-named tensors.
+pub trait WeightSource {
+    /// The file or folder the tensors come from, for error messages.
+    fn origin(&self) -> &Path;
+    /// All tensor names, in Hugging Face naming.
+    fn names(&self) -> Vec<String>;
+    /// The tensor, or `None` when the source does not have it.
+    fn get(&self, name: &str) -> Result<Option<HostTensor>, WeightsError>;
+    /// The source's storage dtype of a tensor, for `models inspect`.
+    fn dtype_of(&self, name: &str) -> Option<String>;
+
+    /// The tensor, which must exist and have `shape`.
+    fn require(&self, name: &str, shape: &[usize]) -> Result<HostTensor, WeightsError> {
+        let t = self.get(name)?.ok_or_else(|| WeightsError::MissingTensor {
+            path: self.origin().to_path_buf(),
+            name: name.to_string(),
+        })?;
+        if t.shape != shape {
+            return Err(WeightsError::Shape {
+                path: self.origin().to_path_buf(),
+                tensor: name.to_string(),
+                found: t.shape,
+                expected: shape.to_vec(),
+            });
+        }
+        Ok(t)
+    }
+}
