@@ -278,22 +278,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Log-probabilities of the next token at the last `last_n` positions of `tokens` (one row):
-    /// what the parity tests compare with transformers.
+    /// Log-probabilities of the next token at the last `last_n` positions of `tokens` (one row).
     pub fn next_token_logprobs(&self, tokens: &[u32], last_n: usize) -> Vec<Vec<f32>> {
-        let seq = tokens.len();
-        let mut cache = KvCache::new(self.model.num_layers(), vec![0]);
-        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
-        let input = Batch {
-            tokens: Tensor::from_data(TensorData::new(ids, [1, seq]), &self.device),
-            positions: cache.positions(seq, &self.device),
-            mask: cache.mask(seq, self.model.sliding_window(), &self.device),
-        };
-        let hidden = self.model.forward_hidden(input, &mut cache);
-        let n = last_n.min(seq);
-        let logits = self.model.logits(hidden.narrow(1, seq - n, n));
-        let vocab = logits.dims()[2];
-        let flat = logits.into_data().try_to_vec::<f32>().expect("f32 logits");
-        flat.chunks(vocab).map(log_softmax).collect()
+        self.model.sequence_logits(tokens, last_n, &self.device).iter().map(|l| log_softmax(l)).collect()
     }
 }

@@ -135,6 +135,25 @@ impl CausalLm {
         }
     }
 
+    /// Logits `[n, vocab]` of the last `last_n` positions of one sequence, from an empty cache.
+    /// What the parity tests compare with transformers.
+    pub fn sequence_logits(&self, tokens: &[u32], last_n: usize, device: &Device) -> Vec<Vec<f32>> {
+        let seq = tokens.len();
+        let mut cache = KvCache::new(self.num_layers(), vec![0]);
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let input = Batch {
+            tokens: Tensor::from_data(TensorData::new(ids, [1, seq]), device),
+            positions: cache.positions(seq, device),
+            mask: cache.mask(seq, self.sliding_window(), device),
+        };
+        let hidden = self.forward_hidden(input, &mut cache);
+        let n = last_n.min(seq);
+        let logits = self.logits(hidden.narrow(1, seq - n, n));
+        let vocab = logits.dims()[2];
+        let flat = logits.into_data().try_to_vec::<f32>().expect("f32 logits");
+        flat.chunks(vocab).map(<[f32]>::to_vec).collect()
+    }
+
     /// The sliding window (Mistral), if any; masks must honour it.
     pub fn sliding_window(&self) -> Option<usize> {
         (self.sliding_window > 0).then_some(self.sliding_window)
