@@ -57,12 +57,8 @@ pub fn set_threads(threads: Option<usize>) {
 
 /// Put loaded model files on a device.
 pub fn engine_from_files(files: ModelFiles, device: &Device) -> Result<Engine, WeightsError> {
-    let cfg = files.config.resolve().map_err(|e| WeightsError::Format {
-        path: files.path.join("config.json"),
-        detail: e.to_string(),
-    })?;
     let started = Instant::now();
-    let model = CausalLm::load(&cfg, files.source.as_ref(), device)?;
+    let model = CausalLm::load(&files.resolved, files.source.as_ref(), device)?;
     tracing::debug!("loaded {} in {:.2?}", files.origin, started.elapsed());
     Ok(Engine { model, tokenizer: files.tokenizer, device: device.clone() })
 }

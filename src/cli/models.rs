@@ -80,7 +80,7 @@ pub fn run(a: ModelsArgs) -> anyhow::Result<()> {
 
 fn inspect(spec: Option<&str>, as_json: bool) -> anyhow::Result<()> {
     let files = resolve::open(spec)?;
-    let cfg = files.config.resolve()?;
+    let cfg = &files.resolved;
     let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
     for name in files.source.names() {
         *dtypes.entry(files.source.dtype_of(&name).unwrap_or_else(|| "?".into())).or_default() += 1;

@@ -201,7 +201,8 @@ impl Engine {
                 }
                 row.sampler.penalise(&mut l, &row.seen);
                 let tok = row.sampler.sample(&l);
-                if let Some(n) = opts.logprobs {
+                // The EOS token ends the text and, as with OpenAI, is not part of `logprobs.content`.
+                if let Some(n) = opts.logprobs.filter(|_| !self.tokenizer.eos_ids.contains(&tok)) {
                     let lp = log_softmax(&l);
                     row.logprobs.push(self.logprob_entry(&lp, tok, n));
                 }

@@ -232,7 +232,7 @@ impl<'a> Cursor<'a> {
     fn string(&mut self, what: &str) -> Result<String, WeightsError> {
         let len = self.u64(what)?;
         if len > self.buf.len() as u64 {
-            return Err(self.err(format!("{what}: string length {len} exceeds the file size")));
+            return Err(self.err(format!("file is truncated or corrupt: {what} claims {len} bytes, more than the file has")));
         }
         let bytes = self.take(len as usize, what)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| self.err(format!("{what}: string is not UTF-8")))
@@ -257,7 +257,7 @@ impl<'a> Cursor<'a> {
                 let elem_ty = self.u32(&what)?;
                 let len = self.u64(&what)?;
                 if len > (self.buf.len() - self.pos) as u64 {
-                    return Err(self.err(format!("`{key}`: array length {len} exceeds the file size")));
+                    return Err(self.err(format!("file is truncated or corrupt: `{key}` claims {len} items, more than the bytes left")));
                 }
                 let mut items = Vec::with_capacity(len as usize);
                 for _ in 0..len {

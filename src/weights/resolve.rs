@@ -7,7 +7,7 @@ use super::gguf_model::GgufModel;
 use super::hf_folder::{SafetensorsFolder, read_config};
 use super::hub::{self, HubId};
 use super::{WeightSource, WeightsError};
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, ResolvedConfig};
 use crate::tokenize::{ModelTokenizer, gguf_vocab};
 
 /// The default model: SmolLM2-135M-Instruct.
@@ -33,8 +33,14 @@ pub struct ModelFiles {
     /// The folder or file it resolved to.
     pub path: PathBuf,
     pub config: ModelConfig,
+    /// The config checked and resolved (architecture chosen, defaults applied).
+    pub resolved: ResolvedConfig,
     pub source: Box<dyn WeightSource>,
     pub tokenizer: ModelTokenizer,
+}
+
+fn resolve_config(config: &ModelConfig, file: &Path) -> Result<ResolvedConfig, WeightsError> {
+    config.resolve().map_err(|e| WeightsError::Format { path: file.to_path_buf(), detail: e.to_string() })
 }
 
 fn tok_err(path: &Path, e: impl std::fmt::Display) -> WeightsError {
@@ -44,20 +50,22 @@ fn tok_err(path: &Path, e: impl std::fmt::Display) -> WeightsError {
 /// Open a Hugging Face folder.
 pub fn open_folder(dir: &Path, origin: &str) -> Result<ModelFiles, WeightsError> {
     let config = read_config(dir)?;
+    let resolved = resolve_config(&config, &dir.join("config.json"))?;
     let tokenizer = ModelTokenizer::from_folder(dir, &config.eos_ids()).map_err(|e| tok_err(dir, e))?;
     let source = Box::new(SafetensorsFolder::open(dir)?);
-    Ok(ModelFiles { origin: origin.into(), path: dir.to_path_buf(), config, source, tokenizer })
+    Ok(ModelFiles { origin: origin.into(), path: dir.to_path_buf(), config, resolved, source, tokenizer })
 }
 
 /// Open a GGUF file.
 pub fn open_gguf(path: &Path, origin: &str) -> Result<ModelFiles, WeightsError> {
     let model = GgufModel::open(path)?;
     let config = model.config()?;
+    let resolved = resolve_config(&config, path)?;
     let vocab = model.vocab()?;
     let json = gguf_vocab::tokenizer_json(&vocab).map_err(|e| tok_err(path, e))?;
     let tcfg = gguf_vocab::tokenizer_config_json(&vocab);
     let tokenizer = ModelTokenizer::from_documents(json, tcfg, None, &config.eos_ids(), path).map_err(|e| tok_err(path, e))?;
-    Ok(ModelFiles { origin: origin.into(), path: path.to_path_buf(), config, source: Box::new(model), tokenizer })
+    Ok(ModelFiles { origin: origin.into(), path: path.to_path_buf(), config, resolved, source: Box::new(model), tokenizer })
 }
 
 /// Resolve `spec` (None: the default model) to model files.
