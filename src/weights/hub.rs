@@ -42,13 +42,16 @@ pub fn offline() -> bool {
 /// Where files of a repo come from: the network (with the cache) or the cache alone.
 enum Fetcher {
     Online(hf_hub::api::sync::ApiRepo),
-    Offline(hf_hub::CacheRepo),
+    Offline(hf_hub::CacheRepo, Option<PathBuf>),
 }
 
 impl Fetcher {
     fn get(&self, file: &str) -> Result<Option<PathBuf>, String> {
         match self {
-            Fetcher::Offline(c) => Ok(c.get(file)),
+            // hf-hub looks revisions up in `refs/`; a commit hash names its snapshot folder directly.
+            Fetcher::Offline(c, by_commit) => {
+                Ok(c.get(file).or_else(|| by_commit.as_ref().map(|d| d.join(file)).filter(|p| p.exists())))
+            }
             Fetcher::Online(api) => match api.get(file) {
                 Ok(p) => Ok(Some(p)),
                 Err(hf_hub::api::sync::ApiError::RequestError(e)) if is_not_found(&e) => Ok(None),
@@ -70,7 +73,9 @@ pub fn resolve(id: &HubId, cache_dir: Option<&Path>) -> Result<PathBuf, WeightsE
         None => Cache::from_env(),
     };
     let fetcher = if offline() {
-        Fetcher::Offline(cache.repo(id.repo()))
+        let is_commit = id.revision.len() == 40 && id.revision.chars().all(|c| c.is_ascii_hexdigit());
+        let snapshot = is_commit.then(|| cache.path().join(id.repo().folder_name()).join("snapshots").join(&id.revision));
+        Fetcher::Offline(cache.repo(id.repo()), snapshot)
     } else {
         let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()).or_else(|| cache.token());
         let api = ApiBuilder::from_cache(cache.clone())
@@ -81,7 +86,7 @@ pub fn resolve(id: &HubId, cache_dir: Option<&Path>) -> Result<PathBuf, WeightsE
         Fetcher::Online(api.repo(id.repo()))
     };
     let where_ = || match &fetcher {
-        Fetcher::Offline(_) => format!("the Hub cache at {} (HF_HUB_OFFLINE is set)", cache.path().display()),
+        Fetcher::Offline(..) => format!("the Hub cache at {} (HF_HUB_OFFLINE is set)", cache.path().display()),
         Fetcher::Online(_) => "the Hugging Face Hub".to_string(),
     };
     let fail = |file: &str, why: String| {
