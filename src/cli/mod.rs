@@ -1,5 +1,6 @@
 //! One file per subcommand: parse flags, pick the device, call the library.
 
+mod bench;
 mod chat;
 mod convert;
 mod generate;
@@ -30,6 +31,8 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Fetch, list and inspect models in the models directory.
     Models(models::ModelsArgs),
+    /// Benchmarks, with peers measured side by side in the same run.
+    Bench(bench::BenchArgs),
 }
 
 /// Where and what to run: shared by every command that loads a model.
@@ -73,6 +76,7 @@ pub fn main() -> ExitCode {
         Command::Chat(a) => chat::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Models(a) => models::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

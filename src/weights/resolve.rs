@@ -79,6 +79,11 @@ pub fn open(spec: Option<&str>) -> Result<ModelFiles, WeightsError> {
         return open_folder(path, spec);
     }
     let named = models_dir().join(spec);
+    if spec == DEFAULT_MODEL && !super::fetch::is_complete(&named) {
+        // The default model is fetched on first use, as `models fetch` would.
+        eprintln!("{DEFAULT_MODEL} is not in {} yet: fetching it (once)…", models_dir().display());
+        super::fetch::fetch_default(super::fetch::FetchFrom::Auto, false, |_, _| {})?;
+    }
     if named.is_dir() {
         return open_folder(&named, spec);
     }
