@@ -10,7 +10,17 @@ use crate::weights::WeightsError;
 use crate::weights::resolve::{self, ModelFiles};
 
 /// Where the model runs. `cpu` is burn's `flex` backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
     #[default]
@@ -51,16 +61,38 @@ impl DeviceKind {
 pub fn set_threads(threads: Option<usize>) {
     if let Some(n) = threads {
         // Fails only when the pool already exists; then the first setting stands.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
+}
+
+/// Whether `device` is burn's CPU backend (flex), whose small matmuls run on one thread.
+pub fn is_cpu(device: &Device) -> bool {
+    #[cfg(feature = "cpu")]
+    {
+        device.clone().without_autodiff() == Device::flex()
+    }
+    #[cfg(not(feature = "cpu"))]
+    {
+        let _ = device;
+        false
     }
 }
 
 /// Put loaded model files on a device.
 pub fn engine_from_files(files: ModelFiles, device: &Device) -> Result<Engine, WeightsError> {
     let started = Instant::now();
-    let model = CausalLm::load(&files.resolved, files.source.as_ref(), device)?;
+    let mut model = CausalLm::load(&files.resolved, files.source.as_ref(), device)?;
+    if is_cpu(device) {
+        model = model.with_matvec_split(rayon::current_num_threads());
+    }
     tracing::debug!("loaded {} in {:.2?}", files.origin, started.elapsed());
-    Ok(Engine { model, tokenizer: files.tokenizer, device: device.clone() })
+    Ok(Engine {
+        model,
+        tokenizer: files.tokenizer,
+        device: device.clone(),
+    })
 }
 
 /// Resolve and load a model (None: the default model).

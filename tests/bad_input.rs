@@ -7,14 +7,23 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn switchyard(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn inspect_fails(model: &Path, needles: &[&str]) {
     let (ok, err) = switchyard(&["models", "inspect", model.to_str().unwrap()]);
     assert!(!ok, "inspect of {} should fail", model.display());
-    assert!(!err.contains("panicked"), "a panic is not an error message: {err}");
+    assert!(
+        !err.contains("panicked"),
+        "a panic is not an error message: {err}"
+    );
     for n in needles {
         assert!(err.contains(n), "error should mention `{n}`:\n{err}");
     }
@@ -40,7 +49,8 @@ fn tiny_copy(name: &str, with_tokenizer: bool) -> (tempfile::TempDir, PathBuf) {
 
 fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     let p = dir.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     f(&mut v);
     std::fs::write(&p, v.to_string()).unwrap();
 }
@@ -69,7 +79,11 @@ fn a_file_that_is_not_gguf_says_so() {
 #[test]
 fn corrupt_safetensors_names_the_file() {
     let (_tmp, dir) = tiny_copy("mistral", true);
-    std::fs::write(dir.join("model.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{not json").unwrap();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json",
+    )
+    .unwrap();
     inspect_fails(&dir, &["model.safetensors", "not a valid safetensors file"]);
 }
 
@@ -86,16 +100,32 @@ fn config_missing_a_key_names_it() {
 fn unknown_architecture_lists_the_supported_ones() {
     let (_tmp, dir) = tiny_copy("qwen2", true);
     edit_config(&dir, |c| c["model_type"] = "gpt_neox".into());
-    inspect_fails(&dir, &["config.json", "gpt_neox", "llama", "mistral", "qwen2"]);
+    inspect_fails(
+        &dir,
+        &["config.json", "gpt_neox", "llama", "mistral", "qwen2"],
+    );
 }
 
 #[test]
 fn tensor_shape_mismatch_names_tensor_and_shapes() {
     let (_tmp, dir) = tiny_copy("llama3", true);
     edit_config(&dir, |c| c["intermediate_size"] = 96.into());
-    let (ok, err) = switchyard(&["generate", "--raw", "--max-tokens", "1", "--model", dir.to_str().unwrap(), "hi"]);
+    let (ok, err) = switchyard(&[
+        "generate",
+        "--raw",
+        "--max-tokens",
+        "1",
+        "--model",
+        dir.to_str().unwrap(),
+        "hi",
+    ]);
     assert!(!ok);
-    assert!(err.contains("model.layers.0.mlp.gate_proj.weight") && err.contains("[128, 64]") && err.contains("[96, 64]"), "{err}");
+    assert!(
+        err.contains("model.layers.0.mlp.gate_proj.weight")
+            && err.contains("[128, 64]")
+            && err.contains("[96, 64]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -108,5 +138,8 @@ fn missing_tokenizer_names_the_file() {
 fn unknown_model_name_says_what_to_do() {
     let (ok, err) = switchyard(&["models", "inspect", "no-such-model"]);
     assert!(!ok);
-    assert!(err.contains("no-such-model") && err.contains("Hub id"), "{err}");
+    assert!(
+        err.contains("no-such-model") && err.contains("Hub id"),
+        "{err}"
+    );
 }

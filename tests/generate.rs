@@ -17,14 +17,20 @@ fn engine() -> Engine {
 }
 
 fn chat_ids(e: &Engine, q: &str) -> Vec<u32> {
-    let p = e.tokenizer.apply_chat_template(&[Message::new("user", q)], true).unwrap();
+    let p = e
+        .tokenizer
+        .apply_chat_template(&[Message::new("user", q)], true)
+        .unwrap();
     e.tokenizer.encode(&p, false).unwrap()
 }
 
 fn home_env(cmd: &mut Command) -> &mut Command {
     let (folder, _) = common::smollm2();
     // The models dir is the parent of the default model's folder; SWITCHYARD_HOME is its parent.
-    cmd.env("SWITCHYARD_HOME", folder.parent().unwrap().parent().unwrap())
+    cmd.env(
+        "SWITCHYARD_HOME",
+        folder.parent().unwrap().parent().unwrap(),
+    )
 }
 
 #[test]
@@ -32,14 +38,26 @@ fn a_batch_with_left_padding_generates_what_each_prompt_generates_alone() {
     let e = engine();
     let prompts = vec![
         chat_ids(&e, "What is the capital of France?"),
-        chat_ids(&e, "Name three primary colors, separated by commas, and nothing else please."),
+        chat_ids(
+            &e,
+            "Name three primary colors, separated by commas, and nothing else please.",
+        ),
         e.tokenizer.encode("1, 2, 3, 4,", false).unwrap(),
     ];
-    let opts = GenerateOptions { max_new_tokens: 12, ..Default::default() };
+    let opts = GenerateOptions {
+        max_new_tokens: 12,
+        ..Default::default()
+    };
     let (batch, _) = e.generate_batch(&prompts, &opts, |_, _| {}).unwrap();
     for (p, b) in prompts.iter().zip(&batch) {
-        let (alone, _) = e.generate_batch(std::slice::from_ref(p), &opts, |_, _| {}).unwrap();
-        assert_eq!(b.token_ids, alone[0].token_ids, "batched `{}` vs alone `{}`", b.text, alone[0].text);
+        let (alone, _) = e
+            .generate_batch(std::slice::from_ref(p), &opts, |_, _| {})
+            .unwrap();
+        assert_eq!(
+            b.token_ids, alone[0].token_ids,
+            "batched `{}` vs alone `{}`",
+            b.text, alone[0].text
+        );
     }
     assert_eq!(batch[0].text, "The capital of France is Paris.");
 }
@@ -47,15 +65,37 @@ fn a_batch_with_left_padding_generates_what_each_prompt_generates_alone() {
 #[test]
 fn stop_strings_cut_the_text_and_streaming_matches_the_result() {
     let e = engine();
-    let opts = GenerateOptions { max_new_tokens: 16, stop: vec![" Paris".into()], ..Default::default() };
+    let opts = GenerateOptions {
+        max_new_tokens: 16,
+        stop: vec![" Paris".into()],
+        ..Default::default()
+    };
     let mut streamed = String::new();
-    let (g, _) = e.generate_batch(&[chat_ids(&e, "What is the capital of France?")], &opts, |_, s| streamed.push_str(s)).unwrap();
+    let (g, _) = e
+        .generate_batch(
+            &[chat_ids(&e, "What is the capital of France?")],
+            &opts,
+            |_, s| streamed.push_str(s),
+        )
+        .unwrap();
     assert_eq!(g[0].text, "The capital of France is");
     assert_eq!(g[0].finish_reason, FinishReason::Stop);
     assert_eq!(streamed, g[0].text);
-    let opts = GenerateOptions { max_new_tokens: 3, ..Default::default() };
-    let (g, _) = e.generate_batch(&[chat_ids(&e, "What is the capital of France?")], &opts, |_, _| {}).unwrap();
-    assert_eq!((g[0].token_ids.len(), g[0].finish_reason), (3, FinishReason::Length));
+    let opts = GenerateOptions {
+        max_new_tokens: 3,
+        ..Default::default()
+    };
+    let (g, _) = e
+        .generate_batch(
+            &[chat_ids(&e, "What is the capital of France?")],
+            &opts,
+            |_, _| {},
+        )
+        .unwrap();
+    assert_eq!(
+        (g[0].token_ids.len(), g[0].finish_reason),
+        (3, FinishReason::Length)
+    );
 }
 
 #[test]
@@ -65,37 +105,72 @@ fn sampling_is_reproducible_by_seed_and_varies_across_seeds() {
     let run = |seed| {
         let opts = GenerateOptions {
             max_new_tokens: 24,
-            sampling: SamplingParams { temperature: 1.0, top_p: 0.95, top_k: 50, seed, ..Default::default() },
+            sampling: SamplingParams {
+                temperature: 1.0,
+                top_p: 0.95,
+                top_k: 50,
+                seed,
+                ..Default::default()
+            },
             ..Default::default()
         };
-        e.generate_batch(std::slice::from_ref(&ids), &opts, |_, _| {}).unwrap().0.remove(0).token_ids
+        e.generate_batch(std::slice::from_ref(&ids), &opts, |_, _| {})
+            .unwrap()
+            .0
+            .remove(0)
+            .token_ids
     };
     assert_eq!(run(1), run(1));
-    assert!((2..6).any(|s| run(s) != run(1)), "five seeds, one continuation: sampling is not sampling");
+    assert!(
+        (2..6).any(|s| run(s) != run(1)),
+        "five seeds, one continuation: sampling is not sampling"
+    );
 }
 
 #[test]
 fn generate_json_reports_openai_shaped_logprobs() {
     let out = home_env(&mut Command::new(env!("CARGO_BIN_EXE_switchyard")))
-        .args(["generate", "--format", "json", "--logprobs", "3", "--max-tokens", "8", "What is the capital of France?"])
+        .args([
+            "generate",
+            "--format",
+            "json",
+            "--logprobs",
+            "3",
+            "--max-tokens",
+            "8",
+            "What is the capital of France?",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["text"], "The capital of France is Paris.");
     assert_eq!(doc["finish_reason"], "stop");
     let content = doc["logprobs"]["content"].as_array().unwrap();
-    assert_eq!(content.len(), doc["usage"]["completion_tokens"].as_u64().unwrap() as usize);
+    assert_eq!(
+        content.len(),
+        doc["usage"]["completion_tokens"].as_u64().unwrap() as usize
+    );
     for entry in content {
         let top = entry["top_logprobs"].as_array().unwrap();
         assert_eq!(top.len(), 3);
         let lps: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
-        assert!(lps.windows(2).all(|w| w[0] >= w[1]), "top_logprobs sorted: {lps:?}");
+        assert!(
+            lps.windows(2).all(|w| w[0] >= w[1]),
+            "top_logprobs sorted: {lps:?}"
+        );
         assert!(lps.iter().map(|l| l.exp()).sum::<f64>() <= 1.0 + 1e-5);
         // Greedy: the chosen token is the most likely one.
         assert_eq!(entry["token"], top[0]["token"]);
         assert_eq!(entry["logprob"], top[0]["logprob"]);
-        assert_eq!(entry["bytes"].as_array().unwrap().len(), entry["token"].as_str().unwrap().len());
+        assert_eq!(
+            entry["bytes"].as_array().unwrap().len(),
+            entry["token"].as_str().unwrap().len()
+        );
     }
 }
 
@@ -108,7 +183,12 @@ fn chat_answers_over_stdin() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"What is the capital of France?\n\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is the capital of France?\n\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("The capital of France is Paris."));

@@ -12,7 +12,9 @@ const COMMIT: &str = "12fd25f77366fa6b3b4b768ec3050bf629380bac";
 /// `$HF_HOME/hub/models--org--name/{refs/main, snapshots/COMMIT/*, blobs/*}`.
 fn hub_cache(hf_home: &Path) {
     let (folder, _) = common::smollm2();
-    let repo = hf_home.join("hub").join(format!("models--{}", REPO.replace('/', "--")));
+    let repo = hf_home
+        .join("hub")
+        .join(format!("models--{}", REPO.replace('/', "--")));
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::create_dir_all(repo.join("blobs")).unwrap();
     let snap = repo.join("snapshots").join(COMMIT);
@@ -36,7 +38,11 @@ fn switchyard(hf_home: &Path, args: &[&str]) -> (bool, String, String) {
         .args(args)
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -44,13 +50,26 @@ fn hub_ids_resolve_offline_through_the_standard_cache() {
     let tmp = tempfile::tempdir().unwrap();
     hub_cache(tmp.path());
     for spec in [REPO.to_string(), format!("{REPO}@{COMMIT}")] {
-        let (ok, out, err) = switchyard(tmp.path(), &["generate", "--model", &spec, "--max-tokens", "12", "What is the capital of France?"]);
+        let (ok, out, err) = switchyard(
+            tmp.path(),
+            &[
+                "generate",
+                "--model",
+                &spec,
+                "--max-tokens",
+                "12",
+                "What is the capital of France?",
+            ],
+        );
         assert!(ok, "{spec}: {err}");
         assert_eq!(out.trim(), "The capital of France is Paris.");
     }
     let (ok, out, err) = switchyard(tmp.path(), &["models", "inspect", REPO]);
     assert!(ok, "{err}");
-    assert!(out.contains("LlamaForCausalLM") && out.contains(COMMIT), "{out}");
+    assert!(
+        out.contains("LlamaForCausalLM") && out.contains(COMMIT),
+        "{out}"
+    );
 }
 
 #[test]
@@ -59,5 +78,8 @@ fn a_revision_missing_from_the_offline_cache_is_a_clear_error() {
     hub_cache(tmp.path());
     let (ok, _, err) = switchyard(tmp.path(), &["models", "inspect", &format!("{REPO}@v9")]);
     assert!(!ok);
-    assert!(err.contains("config.json") && err.contains("HF_HUB_OFFLINE") && err.contains("@v9"), "{err}");
+    assert!(
+        err.contains("config.json") && err.contains("HF_HUB_OFFLINE") && err.contains("@v9"),
+        "{err}"
+    );
 }

@@ -18,47 +18,91 @@ fn read(path: &std::path::Path) -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
 fn smollm2_matches_transformers_logprobs_and_tokenization() {
     let (folder, _) = common::smollm2();
-    let engine = engine_from_files(open_folder(folder, "smollm2").unwrap(), &common::cpu()).unwrap();
+    let engine =
+        engine_from_files(open_folder(folder, "smollm2").unwrap(), &common::cpu()).unwrap();
     let reference = read(&common::fixture("smollm2_reference.json"));
     let mut worst = 0f32;
     for prompt in reference["prompts"].as_array().unwrap() {
         let name = prompt["name"].as_str().unwrap();
         let expected_ids = ids(&prompt["input_ids"]);
-        let ours = engine.tokenizer.encode(prompt["text"].as_str().unwrap(), false).unwrap();
-        assert_eq!(ours, expected_ids, "tokenization of prompt `{name}` differs from transformers");
+        let ours = engine
+            .tokenizer
+            .encode(prompt["text"].as_str().unwrap(), false)
+            .unwrap();
+        assert_eq!(
+            ours, expected_ids,
+            "tokenization of prompt `{name}` differs from transformers"
+        );
         let positions = prompt["last_positions"].as_array().unwrap();
         let logprobs = engine.next_token_logprobs(&ours, positions.len());
         for (pos, got) in positions.iter().zip(&logprobs) {
             let top = ids(&pos["top_ids"]);
-            let want: Vec<f32> = pos["top_logprobs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            let want: Vec<f32> = pos["top_logprobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
             for (&id, &w) in top.iter().zip(&want) {
                 let diff = (got[id as usize] - w).abs();
                 worst = worst.max(diff);
-                assert!(diff <= TOLERANCE, "prompt `{name}` position {}: token {id} logprob {} vs {w}", pos["position"], got[id as usize]);
+                assert!(
+                    diff <= TOLERANCE,
+                    "prompt `{name}` position {}: token {id} logprob {} vs {w}",
+                    pos["position"],
+                    got[id as usize]
+                );
             }
         }
     }
-    eprintln!("max |Δ logprob| over the top-10 at the last 8 positions of every prompt: {worst:.2e}");
+    eprintln!(
+        "max |Δ logprob| over the top-10 at the last 8 positions of every prompt: {worst:.2e}"
+    );
 }
 
 #[test]
 fn smollm2_answers_the_capital_of_france_greedily() {
     let (folder, _) = common::smollm2();
-    let engine = engine_from_files(open_folder(folder, "smollm2").unwrap(), &common::cpu()).unwrap();
-    let messages = [switchyard::tokenize::Message::new("user", "What is the capital of France?")];
-    let prompt = engine.tokenizer.apply_chat_template(&messages, true).unwrap();
+    let engine =
+        engine_from_files(open_folder(folder, "smollm2").unwrap(), &common::cpu()).unwrap();
+    let messages = [switchyard::tokenize::Message::new(
+        "user",
+        "What is the capital of France?",
+    )];
+    let prompt = engine
+        .tokenizer
+        .apply_chat_template(&messages, true)
+        .unwrap();
     let reference = read(&common::fixture("smollm2_reference.json"));
-    let chat = reference["prompts"].as_array().unwrap().iter().find(|p| p["name"] == "chat").unwrap();
-    assert_eq!(prompt, chat["text"].as_str().unwrap(), "chat template renders differently from transformers");
+    let chat = reference["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "chat")
+        .unwrap();
+    assert_eq!(
+        prompt,
+        chat["text"].as_str().unwrap(),
+        "chat template renders differently from transformers"
+    );
     let prompt_ids = engine.tokenizer.encode(&prompt, false).unwrap();
-    let opts = GenerateOptions { max_new_tokens: 16, ..Default::default() };
-    let (gens, _) = engine.generate_batch(&[prompt_ids], &opts, |_, _| {}).unwrap();
+    let opts = GenerateOptions {
+        max_new_tokens: 16,
+        ..Default::default()
+    };
+    let (gens, _) = engine
+        .generate_batch(&[prompt_ids], &opts, |_, _| {})
+        .unwrap();
     assert_eq!(gens[0].text, "The capital of France is Paris.");
     let mut want = ids(&chat["greedy"]["new_token_ids"]);
     want.retain(|t| !engine.tokenizer.eos_ids.contains(t));
@@ -76,7 +120,10 @@ fn gguf_and_its_converted_folder_give_identical_logits() {
     assert_eq!(ids, b.tokenizer.encode(text, false).unwrap());
     let la = a.model.sequence_logits(&ids, 3, &device);
     let lb = b.model.sequence_logits(&ids, 3, &device);
-    assert_eq!(la, lb, "GGUF → HF folder → reload must not change a single logit");
+    assert_eq!(
+        la, lb,
+        "GGUF → HF folder → reload must not change a single logit"
+    );
 }
 
 /// Tiny random-weight models: all positions' logits against transformers.
@@ -90,12 +137,24 @@ fn tiny(name: &str) {
     let input = ids(&reference["input_ids"]);
     let got = model.sequence_logits(&input, input.len(), &device);
     let mut worst = 0f32;
-    for (p, (g, w)) in got.iter().zip(reference["logits"].as_array().unwrap()).enumerate() {
-        let w: Vec<f32> = w.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    for (p, (g, w)) in got
+        .iter()
+        .zip(reference["logits"].as_array().unwrap())
+        .enumerate()
+    {
+        let w: Vec<f32> = w
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
         let (gl, wl) = (log_softmax(g), log_softmax(&w));
         for (i, (a, b)) in gl.iter().zip(&wl).enumerate() {
             worst = worst.max((a - b).abs());
-            assert!((a - b).abs() <= TOLERANCE, "{name}: position {p}, token {i}: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= TOLERANCE,
+                "{name}: position {p}, token {i}: {a} vs {b}"
+            );
         }
     }
     eprintln!("{name}: max |Δ logprob| = {worst:.2e}");

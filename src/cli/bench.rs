@@ -69,13 +69,21 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Exactly `n` tokens of ordinary English prose.
 fn prefill_ids(engine: &Engine, n: usize) -> anyhow::Result<Vec<u32>> {
-    let text = "The quick brown fox jumps over the lazy dog while the farmer watches from the porch. ".repeat(n / 8 + 4);
+    let text =
+        "The quick brown fox jumps over the lazy dog while the farmer watches from the porch. "
+            .repeat(n / 8 + 4);
     let ids = engine.tokenizer.encode(&text, false)?;
     anyhow::ensure!(ids.len() >= n, "prompt text too short for {n} tokens");
     Ok(ids[..n].to_vec())
 }
 
-fn ours(engine: &Engine, prefill: &[u32], prompt: &[u32], new_tokens: usize, repeats: usize) -> (f64, f64) {
+fn ours(
+    engine: &Engine,
+    prefill: &[u32],
+    prompt: &[u32],
+    new_tokens: usize,
+    repeats: usize,
+) -> (f64, f64) {
     let run_prefill = || {
         let mut cache = KvCache::new(engine.model.num_layers(), vec![0]);
         let t = Instant::now();
@@ -104,11 +112,17 @@ fn python(explicit: Option<&Path>) -> PathBuf {
         return p.to_path_buf();
     }
     let venv = Path::new(".venv/bin/python");
-    if venv.exists() { venv.to_path_buf() } else { PathBuf::from("python3") }
+    if venv.exists() {
+        venv.to_path_buf()
+    } else {
+        PathBuf::from("python3")
+    }
 }
 
 fn peer(python: &Path, script: &str, model: &Path, workload: &Path) -> Result<Row, String> {
-    let script_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(script);
+    let script_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(script);
     let out = Command::new(python)
         .arg(&script_path)
         .arg(model)
@@ -119,8 +133,8 @@ fn peer(python: &Path, script: &str, model: &Path, workload: &Path) -> Result<Ro
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(err.lines().last().unwrap_or("failed").to_string());
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("{script} printed no JSON: {e}"))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("{script} printed no JSON: {e}"))?;
     Ok(Row {
         engine: v["peer"].as_str().unwrap_or(script).to_string(),
         versions: v["versions"].as_str().unwrap_or_default().to_string(),
@@ -131,7 +145,10 @@ fn peer(python: &Path, script: &str, model: &Path, workload: &Path) -> Result<Ro
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let BenchCommand::Generate(b) = a.command;
-    anyhow::ensure!(b.repeats > 0 && b.new_tokens > 0 && b.prompt_tokens > 0, "counts must be positive");
+    anyhow::ensure!(
+        b.repeats > 0 && b.new_tokens > 0 && b.prompt_tokens > 0,
+        "counts must be positive"
+    );
     let files = switchyard::weights::resolve::open(b.model.model.as_deref())?;
     let model_path = files.path.clone();
     switchyard::runtime::set_threads(b.model.threads);
@@ -139,7 +156,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let engine = switchyard::runtime::engine_from_files(files, &device)?;
     let threads = rayon::current_num_threads();
     let prefill = prefill_ids(&engine, b.prompt_tokens)?;
-    let chat = engine.tokenizer.apply_chat_template(&[Message::new("user", "What is the capital of France?")], true)?;
+    let chat = engine.tokenizer.apply_chat_template(
+        &[Message::new("user", "What is the capital of France?")],
+        true,
+    )?;
     let prompt = engine.tokenizer.encode(&chat, false)?;
 
     let workload = json!({"prefill_ids": prefill, "decode_prompt_ids": prompt, "new_tokens": b.new_tokens,
@@ -147,12 +167,18 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let wl_file = tempfile::NamedTempFile::new()?;
     std::fs::write(wl_file.path(), workload.to_string())?;
 
-    eprintln!("switchyard: {} threads, {:?} device, {} prefill tokens, {} decode steps, median of {}",
-        threads, b.model.device, b.prompt_tokens, b.new_tokens, b.repeats);
+    eprintln!(
+        "switchyard: {} threads, {:?} device, {} prefill tokens, {} decode steps, median of {}",
+        threads, b.model.device, b.prompt_tokens, b.new_tokens, b.repeats
+    );
     let (p, d) = ours(&engine, &prefill, &prompt, b.new_tokens, b.repeats);
     let mut rows = vec![Row {
         engine: "switchyard".into(),
-        versions: format!("switchyard {} (burn 0.22.1, {:?}, f32)", env!("CARGO_PKG_VERSION"), b.model.device),
+        versions: format!(
+            "switchyard {} (burn 0.22.1, {:?}, f32)",
+            env!("CARGO_PKG_VERSION"),
+            b.model.device
+        ),
         prefill_tok_s: p,
         decode_tok_s: d,
     }];
@@ -164,23 +190,37 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             "transformers" => peer(&py, "bench_transformers.py", &model_path, wl_file.path()),
             "llama.cpp" | "llamacpp" => {
                 let gguf = b.gguf.clone().unwrap_or_else(|| {
-                    switchyard::weights::resolve::models_dir().join(switchyard::weights::fetch::GGUF_NAME)
+                    switchyard::weights::resolve::models_dir()
+                        .join(switchyard::weights::fetch::GGUF_NAME)
                 });
                 peer(&py, "bench_llamacpp.py", &gguf, wl_file.path())
             }
-            other => Err(format!("unknown peer `{other}` (known: transformers, llama.cpp)")),
+            other => Err(format!(
+                "unknown peer `{other}` (known: transformers, llama.cpp)"
+            )),
         };
         match result {
             Ok(r) => rows.push(r),
             Err(e) => skipped.push(format!("{name}: skipped ({e})")),
         }
     }
-    println!("{:<14} {:>14} {:>14} {:>10} {:>10}", "engine", "prefill tok/s", "decode tok/s", "prefill ×", "decode ×");
+    println!(
+        "{:<14} {:>14} {:>14} {:>10} {:>10}",
+        "engine", "prefill tok/s", "decode tok/s", "prefill ×", "decode ×"
+    );
     for r in &rows {
-        println!("{:<14} {:>14.1} {:>14.1} {:>10.2} {:>10.2}", r.engine, r.prefill_tok_s, r.decode_tok_s,
-            rows[0].prefill_tok_s / r.prefill_tok_s, rows[0].decode_tok_s / r.decode_tok_s);
+        println!(
+            "{:<14} {:>14.1} {:>14.1} {:>10.2} {:>10.2}",
+            r.engine,
+            r.prefill_tok_s,
+            r.decode_tok_s,
+            rows[0].prefill_tok_s / r.prefill_tok_s,
+            rows[0].decode_tok_s / r.decode_tok_s
+        );
     }
-    println!("(× = switchyard's rate divided by that engine's; above 1 means switchyard is faster)");
+    println!(
+        "(× = switchyard's rate divided by that engine's; above 1 means switchyard is faster)"
+    );
     for s in &skipped {
         println!("{s}");
     }

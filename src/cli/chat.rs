@@ -25,7 +25,10 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     let mut messages: Vec<Message> = a.system.iter().map(|s| Message::new("system", s)).collect();
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
-    eprintln!("Chatting with {}. Empty line or Ctrl-D to quit; /reset clears the history.", a.model.model.as_deref().unwrap_or("the default model"));
+    eprintln!(
+        "Chatting with {}. Empty line or Ctrl-D to quit; /reset clears the history.",
+        a.model.model.as_deref().unwrap_or("the default model")
+    );
     loop {
         write!(out, "> ")?;
         out.flush()?;

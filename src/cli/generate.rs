@@ -43,8 +43,14 @@ pub struct SamplingArgs {
 impl SamplingArgs {
     pub fn options(&self, logprobs: Option<usize>) -> anyhow::Result<GenerateOptions> {
         anyhow::ensure!(self.temperature >= 0.0, "--temperature must be >= 0");
-        anyhow::ensure!(self.top_p > 0.0 && self.top_p <= 1.0, "--top-p must be in (0, 1]");
-        anyhow::ensure!(self.repetition_penalty > 0.0, "--repetition-penalty must be > 0");
+        anyhow::ensure!(
+            self.top_p > 0.0 && self.top_p <= 1.0,
+            "--top-p must be in (0, 1]"
+        );
+        anyhow::ensure!(
+            self.repetition_penalty > 0.0,
+            "--repetition-penalty must be > 0"
+        );
         Ok(GenerateOptions {
             max_new_tokens: self.max_tokens,
             sampling: SamplingParams {
@@ -109,7 +115,11 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let g = gens.into_iter().next().expect("one prompt, one generation");
     if stream {
         writeln!(out)?;
-        tracing::info!("prefill {:.1} tok/s, decode {:.1} tok/s", timings.prefill_tok_s(), timings.decode_tok_s());
+        tracing::info!(
+            "prefill {:.1} tok/s, decode {:.1} tok/s",
+            timings.prefill_tok_s(),
+            timings.decode_tok_s()
+        );
     } else {
         let mut doc = json!({
             "text": g.text,

@@ -12,7 +12,11 @@ use clap::{Args, Parser, Subcommand};
 use switchyard::runtime::DeviceKind;
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "Tune an open-weight model, measure it against hosted providers, route each task to the right one.")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Tune an open-weight model, measure it against hosted providers, route each task to the right one."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -54,7 +58,10 @@ impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<switchyard::generate::Engine> {
         switchyard::runtime::set_threads(self.threads);
         let device = self.device.device().map_err(anyhow::Error::msg)?;
-        Ok(switchyard::runtime::load_engine(self.model.as_deref(), &device)?)
+        Ok(switchyard::runtime::load_engine(
+            self.model.as_deref(),
+            &device,
+        )?)
     }
 }
 
@@ -64,8 +71,13 @@ fn init_logging(verbose: u8) {
         1 => "switchyard=debug,info",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
 }
 
 pub fn main() -> ExitCode {

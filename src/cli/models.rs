@@ -45,7 +45,12 @@ pub fn run(a: ModelsArgs) -> anyhow::Result<()> {
                 bar.set_position(i as u64);
             })?;
             bar.finish_and_clear();
-            println!("{} → {} (via {})", resolve::DEFAULT_MODEL, f.folder.display(), f.via);
+            println!(
+                "{} → {} (via {})",
+                resolve::DEFAULT_MODEL,
+                f.folder.display(),
+                f.via
+            );
             if let Some(g) = f.gguf {
                 println!("GGUF kept at {}", g.display());
             }
@@ -66,11 +71,18 @@ pub fn run(a: ModelsArgs) -> anyhow::Result<()> {
                         continue;
                     };
                     found = true;
-                    println!("{:<40} {kind:<10} {}", e.file_name().to_string_lossy(), p.display());
+                    println!(
+                        "{:<40} {kind:<10} {}",
+                        e.file_name().to_string_lossy(),
+                        p.display()
+                    );
                 }
             }
             if !found {
-                println!("no models in {} (run `switchyard models fetch`)", dir.display());
+                println!(
+                    "no models in {} (run `switchyard models fetch`)",
+                    dir.display()
+                );
             }
         }
         ModelsCommand::Inspect { model, json } => inspect(model.as_deref(), json)?,
@@ -83,7 +95,9 @@ fn inspect(spec: Option<&str>, as_json: bool) -> anyhow::Result<()> {
     let cfg = &files.resolved;
     let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
     for name in files.source.names() {
-        *dtypes.entry(files.source.dtype_of(&name).unwrap_or_else(|| "?".into())).or_default() += 1;
+        *dtypes
+            .entry(files.source.dtype_of(&name).unwrap_or_else(|| "?".into()))
+            .or_default() += 1;
     }
     let template = files.tokenizer.template.as_ref().map(|t| t.source.clone());
     let doc = serde_json::json!({
@@ -106,17 +120,56 @@ fn inspect(spec: Option<&str>, as_json: bool) -> anyhow::Result<()> {
     }
     println!("model          {}", files.origin);
     println!("path           {}", files.path.display());
-    println!("architecture   {} ({} layers, hidden {}, FFN {})", cfg.arch.class_name(), cfg.layers, cfg.hidden, cfg.intermediate);
+    println!(
+        "architecture   {} ({} layers, hidden {}, FFN {})",
+        cfg.arch.class_name(),
+        cfg.layers,
+        cfg.hidden,
+        cfg.intermediate
+    );
     println!("parameters     {:.1} M", cfg.num_parameters() as f64 / 1e6);
-    println!("attention      {} query / {} KV heads, head {}{}", cfg.heads, cfg.kv_heads, cfg.head_dim,
-        cfg.sliding_window.map(|w| format!(", sliding window {w}")).unwrap_or_default());
-    println!("context        {} (RoPE θ {}{})", cfg.max_positions, cfg.rope_theta,
-        cfg.rope_scaling.as_ref().map(|s| format!(", {} scaling", s.rope_type)).unwrap_or_default());
-    println!("vocab          {}{}", cfg.vocab, if cfg.tied_embeddings { " (tied embeddings)" } else { "" });
-    println!("tensor dtypes  {}", dtypes.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(", "));
+    println!(
+        "attention      {} query / {} KV heads, head {}{}",
+        cfg.heads,
+        cfg.kv_heads,
+        cfg.head_dim,
+        cfg.sliding_window
+            .map(|w| format!(", sliding window {w}"))
+            .unwrap_or_default()
+    );
+    println!(
+        "context        {} (RoPE θ {}{})",
+        cfg.max_positions,
+        cfg.rope_theta,
+        cfg.rope_scaling
+            .as_ref()
+            .map(|s| format!(", {} scaling", s.rope_type))
+            .unwrap_or_default()
+    );
+    println!(
+        "vocab          {}{}",
+        cfg.vocab,
+        if cfg.tied_embeddings {
+            " (tied embeddings)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "tensor dtypes  {}",
+        dtypes
+            .iter()
+            .map(|(k, v)| format!("{k}×{v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!("eos ids        {:?}", files.tokenizer.eos_ids);
     match template {
-        Some(t) => println!("chat template  {} chars: {}…", t.len(), t.chars().take(80).collect::<String>().replace('\n', "\\n")),
+        Some(t) => println!(
+            "chat template  {} chars: {}…",
+            t.len(),
+            t.chars().take(80).collect::<String>().replace('\n', "\\n")
+        ),
         None => println!("chat template  none"),
     }
     Ok(())

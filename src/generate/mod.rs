@@ -24,7 +24,12 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_new_tokens: 256, sampling: SamplingParams::default(), stop: Vec::new(), logprobs: None }
+        Self {
+            max_new_tokens: 256,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            logprobs: None,
+        }
     }
 }
 
@@ -115,10 +120,19 @@ impl Engine {
             .into_iter()
             .map(|i| {
                 let (token, bytes) = self.token_repr(i as u32);
-                TopLogprob { token, logprob: logp[i], bytes }
+                TopLogprob {
+                    token,
+                    logprob: logp[i],
+                    bytes,
+                }
             })
             .collect();
-        TokenLogprob { token, logprob: logp[chosen as usize], bytes, top_logprobs }
+        TokenLogprob {
+            token,
+            logprob: logp[chosen as usize],
+            bytes,
+            top_logprobs,
+        }
     }
 
     /// Run the model over `tokens` (`[batch, seq]`, row-major) and return last-position logits per row.
@@ -150,7 +164,9 @@ impl Engine {
         let b = prompts.len();
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         if longest == 0 {
-            return Err(TokenizeError::Tokenizer("empty prompt: nothing to condition on".into()));
+            return Err(TokenizeError::Tokenizer(
+                "empty prompt: nothing to condition on".into(),
+            ));
         }
         let max_positions = self.model.max_positions();
         if longest >= max_positions {
@@ -173,7 +189,10 @@ impl Engine {
                 generated: Vec::new(),
                 text: String::new(),
                 emitted: 0,
-                sampler: Sampler::new(SamplingParams { seed: opts.sampling.seed.wrapping_add(i as u64), ..opts.sampling.clone() }),
+                sampler: Sampler::new(SamplingParams {
+                    seed: opts.sampling.seed.wrapping_add(i as u64),
+                    ..opts.sampling.clone()
+                }),
                 done: None,
                 logprobs: Vec::new(),
                 prompt_len: p.len(),
@@ -202,7 +221,10 @@ impl Engine {
                 row.sampler.penalise(&mut l, &row.seen);
                 let tok = row.sampler.sample(&l);
                 // The EOS token ends the text and, as with OpenAI, is not part of `logprobs.content`.
-                if let Some(n) = opts.logprobs.filter(|_| !self.tokenizer.eos_ids.contains(&tok)) {
+                if let Some(n) = opts
+                    .logprobs
+                    .filter(|_| !self.tokenizer.eos_ids.contains(&tok))
+                {
                     let lp = log_softmax(&l);
                     row.logprobs.push(self.logprob_entry(&lp, tok, n));
                 }
@@ -254,7 +276,12 @@ impl Engine {
         }
         row.generated.push(tok);
         row.text = self.tokenizer.decode(&row.generated, true)?;
-        if let Some(cut) = opts.stop.iter().filter_map(|s| row.text.find(s.as_str())).min() {
+        if let Some(cut) = opts
+            .stop
+            .iter()
+            .filter_map(|s| row.text.find(s.as_str()))
+            .min()
+        {
             row.text.truncate(cut);
             if row.emitted < row.text.len() {
                 on_text(index, &row.text[row.emitted..]);
@@ -264,7 +291,12 @@ impl Engine {
             return Ok(());
         }
         // Hold back a possible partial stop string and an unfinished UTF-8 sequence.
-        let hold = opts.stop.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
+        let hold = opts
+            .stop
+            .iter()
+            .map(|s| s.len().saturating_sub(1))
+            .max()
+            .unwrap_or(0);
         let mut settled = row.text.len().saturating_sub(hold);
         if row.text.ends_with('\u{FFFD}') {
             settled = settled.min(row.text.len() - '\u{FFFD}'.len_utf8());
@@ -281,6 +313,10 @@ impl Engine {
 
     /// Log-probabilities of the next token at the last `last_n` positions of `tokens` (one row).
     pub fn next_token_logprobs(&self, tokens: &[u32], last_n: usize) -> Vec<Vec<f32>> {
-        self.model.sequence_logits(tokens, last_n, &self.device).iter().map(|l| log_softmax(l)).collect()
+        self.model
+            .sequence_logits(tokens, last_n, &self.device)
+            .iter()
+            .map(|l| log_softmax(l))
+            .collect()
     }
 }

@@ -19,7 +19,13 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, seed: 0 }
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+        }
     }
 }
 
@@ -81,7 +87,10 @@ impl Sampler {
         let k = if p.top_k == 0 { logits.len() } else { p.top_k };
         let candidates = top_n(logits, k);
         let max = logits[candidates[0]];
-        let mut probs: Vec<f64> = candidates.iter().map(|&i| (((logits[i] - max) / p.temperature) as f64).exp()).collect();
+        let mut probs: Vec<f64> = candidates
+            .iter()
+            .map(|&i| (((logits[i] - max) / p.temperature) as f64).exp())
+            .collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|q| *q /= total);
         // Nucleus: the smallest prefix whose mass reaches top_p (at least one token).
@@ -120,7 +129,11 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy_even_when_sampling() {
-        let mut s = Sampler::new(SamplingParams { temperature: 5.0, top_k: 1, ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 5.0,
+            top_k: 1,
+            ..Default::default()
+        });
         for _ in 0..20 {
             assert_eq!(s.sample(&[0.1, 3.0, -1.0, 2.9]), 1);
         }
@@ -128,15 +141,26 @@ mod tests {
 
     #[test]
     fn top_p_cuts_the_tail_and_seed_repeats() {
-        let params = SamplingParams { temperature: 1.0, top_p: 0.5, seed: 7, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.5,
+            seed: 7,
+            ..Default::default()
+        };
         let logits = [5.0, 4.9, -10.0, -10.0];
         let draws = |params: &SamplingParams| {
             let mut s = Sampler::new(params.clone());
             (0..50).map(|_| s.sample(&logits)).collect::<Vec<_>>()
         };
         let a = draws(&params);
-        assert!(a.iter().all(|&t| t == 0), "top_p 0.5 keeps only the first token: {a:?}");
-        let params = SamplingParams { top_p: 1.0, ..params };
+        assert!(
+            a.iter().all(|&t| t == 0),
+            "top_p 0.5 keeps only the first token: {a:?}"
+        );
+        let params = SamplingParams {
+            top_p: 1.0,
+            ..params
+        };
         let (a, b) = (draws(&params), draws(&params));
         assert_eq!(a, b);
         assert!(a.contains(&0) && a.contains(&1));
@@ -144,7 +168,10 @@ mod tests {
 
     #[test]
     fn repetition_penalty_divides_positive_and_multiplies_negative() {
-        let s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..Default::default() });
+        let s = Sampler::new(SamplingParams {
+            repetition_penalty: 2.0,
+            ..Default::default()
+        });
         let mut l = [4.0, -4.0, 1.0];
         s.penalise(&mut l, &[0, 1, 1]);
         assert_eq!(l, [2.0, -8.0, 1.0]);

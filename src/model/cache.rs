@@ -38,7 +38,11 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(layers: usize, pad_left: Vec<usize>) -> Self {
-        Self { layers: vec![LayerCache::default(); layers], len: 0, pad_left }
+        Self {
+            layers: vec![LayerCache::default(); layers],
+            len: 0,
+            pad_left,
+        }
     }
 
     pub fn batch(&self) -> usize {
@@ -86,8 +90,16 @@ mod tests {
     #[test]
     fn mask_is_causal_skips_padding_and_honours_the_window() {
         let device = Device::default();
-        let cache = KvCache { layers: vec![], len: 0, pad_left: vec![1] };
-        let m = cache.mask(4, Some(2), &device).into_data().try_to_vec::<f32>().unwrap();
+        let cache = KvCache {
+            layers: vec![],
+            len: 0,
+            pad_left: vec![1],
+        };
+        let m = cache
+            .mask(4, Some(2), &device)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         let allowed: Vec<bool> = m.iter().map(|v| v.is_finite()).collect();
         #[rustfmt::skip]
         let expected = [
@@ -97,7 +109,12 @@ mod tests {
             false, false, true,  true,  // window of 2
         ];
         assert_eq!(allowed, expected);
-        let pos = cache.positions(4, &device).into_data().try_to_vec::<i64>().unwrap();
+        let pos = cache
+            .positions(4, &device)
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .unwrap();
         assert_eq!(pos, vec![0, 0, 1, 2]);
     }
 }

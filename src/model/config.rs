@@ -12,7 +12,8 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: &'static str = "llama (LlamaForCausalLM), mistral (MistralForCausalLM), qwen2 (Qwen2ForCausalLM)";
+    pub const SUPPORTED: &'static str =
+        "llama (LlamaForCausalLM), mistral (MistralForCausalLM), qwen2 (Qwen2ForCausalLM)";
 
     pub fn from_model_type(model_type: &str) -> Option<Self> {
         match model_type {
@@ -136,25 +137,39 @@ impl ModelConfig {
             return Err(invalid("num_attention_heads", "must be positive".into()));
         }
         let kv_heads = self.num_key_value_heads.unwrap_or(self.num_attention_heads);
-        if kv_heads == 0 || self.num_attention_heads % kv_heads != 0 {
+        if kv_heads == 0 || !self.num_attention_heads.is_multiple_of(kv_heads) {
             return Err(invalid(
                 "num_key_value_heads",
-                format!("{kv_heads} does not divide num_attention_heads = {}", self.num_attention_heads),
+                format!(
+                    "{kv_heads} does not divide num_attention_heads = {}",
+                    self.num_attention_heads
+                ),
             ));
         }
-        let head_dim = self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads);
-        if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(invalid("head_dim", format!("{head_dim} must be even and positive")));
+        let head_dim = self
+            .head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads);
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+            return Err(invalid(
+                "head_dim",
+                format!("{head_dim} must be even and positive"),
+            ));
         }
         let params = self.rope_parameters.as_ref();
         let rope_theta = self
             .rope_theta
-            .or_else(|| params.and_then(|p| p.get("rope_theta")).and_then(|v| v.as_f64()))
+            .or_else(|| {
+                params
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(|v| v.as_f64())
+            })
             .unwrap_or(10_000.0);
         let mut rope_scaling = self.rope_scaling.clone();
         if rope_scaling.is_none()
             && let Some(p) = params
-            && p.get("rope_type").and_then(|t| t.as_str()).is_some_and(|t| t != "default")
+            && p.get("rope_type")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| t != "default")
         {
             rope_scaling = Some(
                 serde_json::from_value(p.clone())
@@ -166,7 +181,10 @@ impl ModelConfig {
         {
             return Err(invalid(
                 "rope_scaling.rope_type",
-                format!("`{}` is not supported (supported: default, linear, llama3)", s.rope_type),
+                format!(
+                    "`{}` is not supported (supported: default, linear, llama3)",
+                    s.rope_type
+                ),
             ));
         }
         let sliding_window = match arch {
@@ -203,16 +221,27 @@ impl ModelConfig {
 /// `5`, `[5, 6]` or absent, as a list.
 pub fn ids_of(v: Option<&serde_json::Value>) -> Vec<u32> {
     match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|v| v as u32).collect(),
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|v| vec![v as u32]).unwrap_or_default()
+        }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|v| v as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }
 
 impl ResolvedConfig {
     pub fn num_parameters(&self) -> usize {
-        let attn = self.hidden * self.heads * self.head_dim * 2 + self.hidden * self.kv_heads * self.head_dim * 2;
-        let bias = if self.qkv_bias { (self.heads + 2 * self.kv_heads) * self.head_dim } else { 0 };
+        let attn = self.hidden * self.heads * self.head_dim * 2
+            + self.hidden * self.kv_heads * self.head_dim * 2;
+        let bias = if self.qkv_bias {
+            (self.heads + 2 * self.kv_heads) * self.head_dim
+        } else {
+            0
+        };
         let mlp = 3 * self.hidden * self.intermediate;
         let per_layer = attn + bias + mlp + 2 * self.hidden;
         let embed = self.vocab * self.hidden;

@@ -9,6 +9,7 @@ use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
+use burn::tensor::module::linear;
 
 use super::cache::{KvCache, LayerCache};
 use super::config::ResolvedConfig;
@@ -38,6 +39,8 @@ pub struct Attention {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    /// Threads a decode-sized projection is split over (see [`project`]); 1 is off.
+    matvec_split: usize,
 }
 
 #[derive(Module, Debug)]
@@ -76,21 +79,73 @@ pub struct Batch {
     pub mask: Tensor<4>,
 }
 
+/// `x · W` for a projection, split across CPU threads when only a few rows come in.
+///
+/// Decoding multiplies one row by each weight matrix. burn's CPU matmul uses one thread below
+/// about 192³ multiply-adds, so every decode step would read all weights through one core and
+/// be bound by that core's memory bandwidth. Splitting the output columns over `split` threads
+/// reads the weights through all cores. `split` is 1 (off) except on the CPU, and rows above
+/// [`SPLIT_MAX_ROWS`] (prefill, training) take burn's own path.
+fn project(l: &Linear, x: Tensor<3>, split: usize) -> Tensor<3> {
+    let [b, s, _] = x.dims();
+    let w = l.weight.val();
+    let out = w.dims()[1];
+    if split < 2 || b * s > SPLIT_MAX_ROWS || out < 128 * split {
+        return l.forward(x);
+    }
+    let chunk = out.div_ceil(split);
+    let mut parts: Vec<Option<Tensor<3>>> = vec![None; split];
+    rayon::scope(|scope| {
+        for (i, slot) in parts.iter_mut().enumerate() {
+            let (x, w) = (x.clone(), w.clone());
+            let bias = l.bias.as_ref().map(|b| b.val());
+            scope.spawn(move |_| {
+                let start = i * chunk;
+                let len = chunk.min(out - start);
+                let bias = bias.map(|b| b.narrow(0, start, len));
+                *slot = Some(linear(x, w.narrow(1, start, len), bias));
+            });
+        }
+    });
+    Tensor::cat(
+        parts
+            .into_iter()
+            .map(|p| p.expect("every chunk ran"))
+            .collect(),
+        2,
+    )
+}
+
+/// Above this many rows a projection is big enough for burn's matmul to parallelise itself.
+const SPLIT_MAX_ROWS: usize = 8;
+
 impl Mlp {
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+    fn forward(&self, x: Tensor<3>, split: usize) -> Tensor<3> {
+        let gate = silu(project(&self.gate_proj, x.clone(), split));
+        project(
+            &self.down_proj,
+            gate * project(&self.up_proj, x, split),
+            split,
+        )
     }
 }
 
 impl Attention {
-    fn forward(&self, x: Tensor<3>, cos: &Tensor<4>, sin: &Tensor<4>, mask: &Tensor<4>, cache: &mut LayerCache) -> Tensor<3> {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: &Tensor<4>,
+        cache: &mut LayerCache,
+    ) -> Tensor<3> {
         let [b, s, _] = x.dims();
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
         let split = |t: Tensor<3>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2);
-        let q = Rope::apply(split(self.q_proj.forward(x.clone()), h), cos, sin);
-        let k = Rope::apply(split(self.k_proj.forward(x.clone()), kv), cos, sin);
-        let v = split(self.v_proj.forward(x), kv);
+        let n = self.matvec_split;
+        let q = Rope::apply(split(project(&self.q_proj, x.clone(), n), h), cos, sin);
+        let k = Rope::apply(split(project(&self.k_proj, x.clone(), n), kv), cos, sin);
+        let v = split(project(&self.v_proj, x, n), kv);
         let (k, v) = cache.append(k, v);
         let t = k.dims()[2];
         // Grouped-query attention without copying K/V: fold each group's query heads into the
@@ -100,15 +155,33 @@ impl Attention {
         let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt());
         let scores = scores.reshape([b, kv, group, s, t]) + mask.clone().unsqueeze_dim::<5>(2);
         let probs = softmax(scores.reshape([b, kv, group * s, t]), 3);
-        let out = probs.matmul(v).reshape([b, h, s, d]).swap_dims(1, 2).reshape([b, s, h * d]);
-        self.o_proj.forward(out)
+        let out = probs
+            .matmul(v)
+            .reshape([b, h, s, d])
+            .swap_dims(1, 2)
+            .reshape([b, s, h * d]);
+        project(&self.o_proj, out, n)
     }
 }
 
 impl DecoderLayer {
-    fn forward(&self, x: Tensor<3>, cos: &Tensor<4>, sin: &Tensor<4>, mask: &Tensor<4>, cache: &mut LayerCache) -> Tensor<3> {
-        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, mask, cache);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: &Tensor<4>,
+        cache: &mut LayerCache,
+    ) -> Tensor<3> {
+        let h = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), cos, sin, mask, cache);
+        h.clone()
+            + self.mlp.forward(
+                self.post_attention_layernorm.forward(h),
+                self.self_attn.matvec_split,
+            )
     }
 }
 
@@ -117,7 +190,11 @@ impl CausalLm {
     pub fn forward_hidden(&self, batch: Batch, cache: &mut KvCache) -> Tensor<3> {
         let [b, s] = batch.tokens.dims();
         let hidden = self.embed_tokens.dims()[1];
-        let x = self.embed_tokens.val().select(0, batch.tokens.reshape([b * s])).reshape([b, s, hidden]);
+        let x = self
+            .embed_tokens
+            .val()
+            .select(0, batch.tokens.reshape([b * s]))
+            .reshape([b, s, hidden]);
         let (cos, sin) = self.rope.tables(batch.positions);
         let mut x = x;
         for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
@@ -136,9 +213,22 @@ impl CausalLm {
                 let [b, s, h] = hidden.dims();
                 let vocab = self.embed_tokens.dims()[0];
                 let flat = hidden.reshape([b * s, h]);
-                self.embed_tokens.val().matmul(flat.transpose()).transpose().reshape([b, s, vocab])
+                self.embed_tokens
+                    .val()
+                    .matmul(flat.transpose())
+                    .transpose()
+                    .reshape([b, s, vocab])
             }
         }
+    }
+
+    /// Split decode-sized projections over `threads` CPU threads (see [`project`]). Worth it
+    /// only on a CPU device, where burn's matmul leaves small products on one thread.
+    pub fn with_matvec_split(mut self, threads: usize) -> Self {
+        for layer in &mut self.layers {
+            layer.self_attn.matvec_split = threads.max(1);
+        }
+        self
     }
 
     /// Logits `[n, vocab]` of the last `last_n` positions of one sequence, from an empty cache.
@@ -174,21 +264,44 @@ impl CausalLm {
     }
 
     /// Build the network from Hugging Face-named tensors, checking every shape.
-    pub fn load(cfg: &ResolvedConfig, src: &dyn WeightSource, device: &Device) -> Result<Self, WeightsError> {
+    pub fn load(
+        cfg: &ResolvedConfig,
+        src: &dyn WeightSource,
+        device: &Device,
+    ) -> Result<Self, WeightsError> {
         let up = |t: HostTensor| -> Tensor<2> {
             let shape = [t.shape[0], t.shape[1]];
             Tensor::from_data(TensorData::new(t.data, shape), device)
         };
-        let vec = |t: HostTensor| -> Tensor<1> { Tensor::from_data(TensorData::new(t.data, [t.shape[0]]), device) };
-        let lin = |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear, WeightsError> {
-            let w = src.require(&format!("{name}.weight"), &[d_out, d_in])?;
-            let bias = if bias { Some(Param::from_tensor(vec(src.require(&format!("{name}.bias"), &[d_out])?))) } else { None };
-            Ok(Linear { weight: Param::from_tensor(up(w.transposed())), bias })
+        let vec = |t: HostTensor| -> Tensor<1> {
+            Tensor::from_data(TensorData::new(t.data, [t.shape[0]]), device)
         };
+        let lin =
+            |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear, WeightsError> {
+                let w = src.require(&format!("{name}.weight"), &[d_out, d_in])?;
+                let bias = if bias {
+                    Some(Param::from_tensor(vec(
+                        src.require(&format!("{name}.bias"), &[d_out])?
+                    )))
+                } else {
+                    None
+                };
+                Ok(Linear {
+                    weight: Param::from_tensor(up(w.transposed())),
+                    bias,
+                })
+            };
         let norm = |name: &str| -> Result<RmsNorm, WeightsError> {
-            Ok(RmsNorm { weight: Param::from_tensor(vec(src.require(name, &[cfg.hidden])?)), eps: cfg.eps })
+            Ok(RmsNorm {
+                weight: Param::from_tensor(vec(src.require(name, &[cfg.hidden])?)),
+                eps: cfg.eps,
+            })
         };
-        let (hd, q_out, kv_out) = (cfg.hidden, cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
+        let (hd, q_out, kv_out) = (
+            cfg.hidden,
+            cfg.heads * cfg.head_dim,
+            cfg.kv_heads * cfg.head_dim,
+        );
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let p = format!("model.layers.{i}");
@@ -202,17 +315,37 @@ impl CausalLm {
                     heads: cfg.heads,
                     kv_heads: cfg.kv_heads,
                     head_dim: cfg.head_dim,
+                    matvec_split: 1,
                 },
                 post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
                 mlp: Mlp {
-                    gate_proj: lin(&format!("{p}.mlp.gate_proj"), hd, cfg.intermediate, cfg.mlp_bias)?,
-                    up_proj: lin(&format!("{p}.mlp.up_proj"), hd, cfg.intermediate, cfg.mlp_bias)?,
-                    down_proj: lin(&format!("{p}.mlp.down_proj"), cfg.intermediate, hd, cfg.mlp_bias)?,
+                    gate_proj: lin(
+                        &format!("{p}.mlp.gate_proj"),
+                        hd,
+                        cfg.intermediate,
+                        cfg.mlp_bias,
+                    )?,
+                    up_proj: lin(
+                        &format!("{p}.mlp.up_proj"),
+                        hd,
+                        cfg.intermediate,
+                        cfg.mlp_bias,
+                    )?,
+                    down_proj: lin(
+                        &format!("{p}.mlp.down_proj"),
+                        cfg.intermediate,
+                        hd,
+                        cfg.mlp_bias,
+                    )?,
                 },
             });
         }
         let embed = up(src.require("model.embed_tokens.weight", &[cfg.vocab, hd])?);
-        let lm_head = if cfg.tied_embeddings { None } else { Some(lin("lm_head", hd, cfg.vocab, false)?) };
+        let lm_head = if cfg.tied_embeddings {
+            None
+        } else {
+            Some(lin("lm_head", hd, cfg.vocab, false)?)
+        };
         // Positions beyond what the model was trained for are refused by the generator, not here.
         let positions = cfg.max_positions.min(32_768);
         Ok(Self {

@@ -10,7 +10,9 @@ use super::config::{ResolvedConfig, RopeScaling};
 
 /// Inverse frequencies `theta^(-2i/d)`, scaled as the config says.
 pub fn inv_freq(head_dim: usize, theta: f64, scaling: Option<&RopeScaling>) -> Vec<f64> {
-    let base: Vec<f64> = (0..head_dim / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)).collect();
+    let base: Vec<f64> = (0..head_dim / 2)
+        .map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64))
+        .collect();
     let Some(s) = scaling else { return base };
     match s.rope_type.as_str() {
         "linear" => base.iter().map(|f| f / s.factor.unwrap_or(1.0)).collect(),
@@ -80,8 +82,16 @@ impl Rope {
     pub fn tables(&self, positions: Tensor<2, Int>) -> (Tensor<4>, Tensor<4>) {
         let [b, s] = positions.dims();
         let flat = positions.reshape([b * s]);
-        let cos = self.cos.clone().select(0, flat.clone()).reshape([b, 1, s, self.head_dim]);
-        let sin = self.sin.clone().select(0, flat).reshape([b, 1, s, self.head_dim]);
+        let cos = self
+            .cos
+            .clone()
+            .select(0, flat.clone())
+            .reshape([b, 1, s, self.head_dim]);
+        let sin = self
+            .sin
+            .clone()
+            .select(0, flat)
+            .reshape([b, 1, s, self.head_dim]);
         (cos, sin)
     }
 

@@ -15,7 +15,10 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: &str, content: &str) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -29,7 +32,9 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate").field("source", &self.source).finish()
+        f.debug_struct("ChatTemplate")
+            .field("source", &self.source)
+            .finish()
     }
 }
 
@@ -39,9 +44,12 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
         env.add_function("strftime_now", |fmt: String| -> String {
             // Templates use this for a "today is" line; a fixed, documented date keeps renders reproducible.
             let _ = fmt;
@@ -49,11 +57,23 @@ impl ChatTemplate {
         });
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| TokenizeError::Template(format!("chat template does not compile: {e}")))?;
-        Ok(Self { env, source: source.into(), bos_token: bos_token.into(), eos_token: eos_token.into() })
+        Ok(Self {
+            env,
+            source: source.into(),
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+        })
     }
 
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, TokenizeError> {
-        let tmpl = self.env.get_template("chat").map_err(|e| TokenizeError::Template(e.to_string()))?;
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizeError> {
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| TokenizeError::Template(e.to_string()))?;
         tmpl.render(context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -84,12 +104,20 @@ mod tests {
     fn python_methods_and_trim_blocks() {
         let src = "{% for m in messages %}\n  {{ m.content.strip().upper() }}|\n{% endfor %}";
         let t = ChatTemplate::new(src, "", "").unwrap();
-        assert_eq!(t.render(&[Message::new("user", "  a ")], false).unwrap(), "  A|\n");
+        assert_eq!(
+            t.render(&[Message::new("user", "  a ")], false).unwrap(),
+            "  A|\n"
+        );
     }
 
     #[test]
     fn raise_exception_is_an_error() {
         let t = ChatTemplate::new("{{ raise_exception('no system role') }}", "", "").unwrap();
-        assert!(t.render(&[], false).unwrap_err().to_string().contains("no system role"));
+        assert!(
+            t.render(&[], false)
+                .unwrap_err()
+                .to_string()
+                .contains("no system role")
+        );
     }
 }

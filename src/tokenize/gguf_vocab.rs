@@ -31,7 +31,9 @@ fn pre_tokenizer(pre: &str) -> Result<Value, TokenizeError> {
         "llama-bpe" | "llama3" | "smaug-bpe" => {
             json!({"type": "Sequence", "pretokenizers": [split_regex(LLAMA3_REGEX), byte_level(false)]})
         }
-        "qwen2" => json!({"type": "Sequence", "pretokenizers": [split_regex(QWEN2_REGEX), byte_level(false)]}),
+        "qwen2" => {
+            json!({"type": "Sequence", "pretokenizers": [split_regex(QWEN2_REGEX), byte_level(false)]})
+        }
         other => {
             return Err(TokenizeError::Unsupported(format!(
                 "GGUF key `tokenizer.ggml.pre` = `{other}` is not supported (supported: default, gpt2, smollm, llama-bpe, qwen2)"
@@ -63,13 +65,21 @@ pub fn tokenizer_json(v: &GgufVocab) -> Result<Value, TokenizeError> {
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            m.split_once(' ').map(|(a, b)| json!([a, b])).ok_or_else(|| {
-                TokenizeError::Unsupported(format!("GGUF key `tokenizer.ggml.merges`, entry {i}: `{m}` is not `left right`"))
-            })
+            m.split_once(' ')
+                .map(|(a, b)| json!([a, b]))
+                .ok_or_else(|| {
+                    TokenizeError::Unsupported(format!(
+                        "GGUF key `tokenizer.ggml.merges`, entry {i}: `{m}` is not `left right`"
+                    ))
+                })
         })
         .collect::<Result<_, _>>()?;
     let post = if v.add_bos {
-        let bos = v.bos_id.and_then(|i| v.tokens.get(i as usize)).cloned().unwrap_or_default();
+        let bos = v
+            .bos_id
+            .and_then(|i| v.tokens.get(i as usize))
+            .cloned()
+            .unwrap_or_default();
         json!({"type": "TemplateProcessing",
             "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
             "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
@@ -100,8 +110,11 @@ pub fn tokenizer_config_json(v: &GgufVocab) -> Value {
     for (id, tok) in v.tokens.iter().enumerate() {
         let ty = v.token_types.get(id).copied().unwrap_or(1);
         if ty == TOKEN_CONTROL || ty == TOKEN_USER_DEFINED {
-            decoder.insert(id.to_string(), json!({"content": tok, "lstrip": false, "normalized": ty != TOKEN_CONTROL,
-                "rstrip": false, "single_word": false, "special": ty == TOKEN_CONTROL}));
+            decoder.insert(
+                id.to_string(),
+                json!({"content": tok, "lstrip": false, "normalized": ty != TOKEN_CONTROL,
+                "rstrip": false, "single_word": false, "special": ty == TOKEN_CONTROL}),
+            );
         }
     }
     let mut cfg = json!({

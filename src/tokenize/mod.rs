@@ -37,7 +37,9 @@ pub struct ModelTokenizer {
 
 impl std::fmt::Debug for ModelTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelTokenizer").field("eos_ids", &self.eos_ids).finish()
+        f.debug_struct("ModelTokenizer")
+            .field("eos_ids", &self.eos_ids)
+            .finish()
     }
 }
 
@@ -59,7 +61,9 @@ fn template_text(v: Option<&Value>) -> Option<String> {
                 .iter()
                 .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
                 .or_else(|| items.first())?;
-            pick.get("template").and_then(Value::as_str).map(str::to_string)
+            pick.get("template")
+                .and_then(Value::as_str)
+                .map(str::to_string)
         }
         _ => None,
     }
@@ -74,8 +78,13 @@ impl ModelTokenizer {
         extra_eos: &[u32],
         origin: &Path,
     ) -> Result<Self, TokenizeError> {
-        let inner = tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes())
-            .map_err(|e| TokenizeError::File { path: origin.to_path_buf(), detail: format!("bad tokenizer: {e}") })?;
+        let inner =
+            tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes()).map_err(|e| {
+                TokenizeError::File {
+                    path: origin.to_path_buf(),
+                    detail: format!("bad tokenizer: {e}"),
+                }
+            })?;
         let bos_token = token_text(config.get("bos_token"));
         let eos_token = token_text(config.get("eos_token"));
         let mut eos_ids: Vec<u32> = extra_eos.to_vec();
@@ -86,9 +95,23 @@ impl ModelTokenizer {
         eos_ids.dedup();
         let source = template_override.or_else(|| template_text(config.get("chat_template")));
         let template = source
-            .map(|s| ChatTemplate::new(&s, bos_token.as_deref().unwrap_or(""), eos_token.as_deref().unwrap_or("")))
+            .map(|s| {
+                ChatTemplate::new(
+                    &s,
+                    bos_token.as_deref().unwrap_or(""),
+                    eos_token.as_deref().unwrap_or(""),
+                )
+            })
             .transpose()?;
-        Ok(Self { inner, template, bos_token, eos_token, eos_ids, json, config })
+        Ok(Self {
+            inner,
+            template,
+            bos_token,
+            eos_token,
+            eos_ids,
+            json,
+            config,
+        })
     }
 
     /// Load from a Hugging Face folder: `tokenizer.json`, `tokenizer_config.json`, optional
@@ -98,20 +121,36 @@ impl ModelTokenizer {
             let path = dir.join(name);
             if !path.exists() {
                 return if required {
-                    Err(TokenizeError::File { path, detail: "missing: a model folder needs its tokenizer".into() })
+                    Err(TokenizeError::File {
+                        path,
+                        detail: "missing: a model folder needs its tokenizer".into(),
+                    })
                 } else {
                     Ok(None)
                 };
             }
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| TokenizeError::File { path: path.clone(), detail: e.to_string() })?;
-            serde_json::from_str(&text).map(Some).map_err(|e| TokenizeError::File { path, detail: e.to_string() })
+            let text = std::fs::read_to_string(&path).map_err(|e| TokenizeError::File {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+            serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| TokenizeError::File {
+                    path,
+                    detail: e.to_string(),
+                })
         };
         let json = read("tokenizer.json", true)?.expect("required");
-        let config = read("tokenizer_config.json", false)?.unwrap_or(Value::Object(Default::default()));
+        let config =
+            read("tokenizer_config.json", false)?.unwrap_or(Value::Object(Default::default()));
         let jinja = dir.join("chat_template.jinja");
         let template = if jinja.exists() {
-            Some(std::fs::read_to_string(&jinja).map_err(|e| TokenizeError::File { path: jinja, detail: e.to_string() })?)
+            Some(
+                std::fs::read_to_string(&jinja).map_err(|e| TokenizeError::File {
+                    path: jinja,
+                    detail: e.to_string(),
+                })?,
+            )
         } else {
             None
         };
@@ -123,12 +162,17 @@ impl ModelTokenizer {
     }
 
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, TokenizeError> {
-        let enc = self.inner.encode(text, add_special).map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, add_special)
+            .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizeError> {
-        self.inner.decode(ids, skip_special).map_err(|e| TokenizeError::Tokenizer(e.to_string()))
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| TokenizeError::Tokenizer(e.to_string()))
     }
 
     pub fn id_to_token(&self, id: u32) -> Option<String> {
@@ -136,9 +180,15 @@ impl ModelTokenizer {
     }
 
     /// Render the chat template, or say plainly that the model has none.
-    pub fn apply_chat_template(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, TokenizeError> {
+    pub fn apply_chat_template(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizeError> {
         let t = self.template.as_ref().ok_or_else(|| {
-            TokenizeError::Template("this model ships no chat template; use --raw to send plain text".into())
+            TokenizeError::Template(
+                "this model ships no chat template; use --raw to send plain text".into(),
+            )
         })?;
         t.render(messages, add_generation_prompt)
     }

@@ -19,7 +19,11 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), WeightsError> {
 
 /// Convert `gguf` into a Hugging Face folder at `out`. Files are written atomically, the weights
 /// last, so an interrupted conversion never leaves a folder that looks complete.
-pub fn gguf_to_hf(gguf: &Path, out: &Path, mut progress: impl FnMut(usize, usize)) -> Result<(), WeightsError> {
+pub fn gguf_to_hf(
+    gguf: &Path,
+    out: &Path,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<(), WeightsError> {
     let model = GgufModel::open(gguf)?;
     let config = model.config()?;
     let vocab = model.vocab()?;
@@ -36,7 +40,14 @@ pub fn gguf_to_hf(gguf: &Path, out: &Path, mut progress: impl FnMut(usize, usize
     let mut cfg = serde_json::to_value(&config).map_err(|e| WeightsError::Other(e.to_string()))?;
     if let Some(obj) = cfg.as_object_mut() {
         obj.retain(|_, v| !v.is_null());
-        obj.insert("architectures".into(), json!([config.resolve().map_err(|e| WeightsError::Other(e.to_string()))?.arch.class_name()]));
+        obj.insert(
+            "architectures".into(),
+            json!([config
+                .resolve()
+                .map_err(|e| WeightsError::Other(e.to_string()))?
+                .arch
+                .class_name()]),
+        );
         obj.insert("hidden_act".into(), json!("silu"));
         obj.insert("torch_dtype".into(), json!("float32"));
         obj.insert("transformers_version".into(), json!("4.46.0"));
@@ -45,7 +56,10 @@ pub fn gguf_to_hf(gguf: &Path, out: &Path, mut progress: impl FnMut(usize, usize
     }
     write_json(&out.join("config.json"), &cfg)?;
     write_json(&out.join("tokenizer.json"), &tok)?;
-    write_json(&out.join("tokenizer_config.json"), &gguf_vocab::tokenizer_config_json(&vocab))?;
+    write_json(
+        &out.join("tokenizer_config.json"),
+        &gguf_vocab::tokenizer_config_json(&vocab),
+    )?;
     if let Some(t) = &vocab.chat_template {
         write_atomic(&out.join("chat_template.jinja"), t.as_bytes())?;
     }

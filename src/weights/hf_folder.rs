@@ -13,7 +13,10 @@ use crate::model::config::ModelConfig;
 /// Read and parse a JSON file, with errors naming the file, line and column.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, WeightsError> {
     let text = std::fs::read_to_string(path).map_err(|e| WeightsError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| WeightsError::Format { path: path.to_path_buf(), detail: e.to_string() })
+    serde_json::from_str(&text).map_err(|e| WeightsError::Format {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })
 }
 
 pub fn read_config(dir: &Path) -> Result<ModelConfig, WeightsError> {
@@ -60,14 +63,20 @@ impl SafetensorsFolder {
             let file = std::fs::File::open(&path).map_err(|e| WeightsError::io(&path, e))?;
             // SAFETY: read-only mapping of a file we do not modify.
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| WeightsError::io(&path, e))?;
-            let st = SafeTensors::deserialize(&mmap)
-                .map_err(|e| WeightsError::Format { path: path.clone(), detail: format!("not a valid safetensors file: {e}") })?;
+            let st = SafeTensors::deserialize(&mmap).map_err(|e| WeightsError::Format {
+                path: path.clone(),
+                detail: format!("not a valid safetensors file: {e}"),
+            })?;
             for name in st.names() {
                 index.insert(name.to_string(), shards.len());
             }
             shards.push(Shard { path, mmap });
         }
-        Ok(Self { dir: dir.to_path_buf(), shards, index })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            shards,
+            index,
+        })
     }
 }
 
@@ -87,18 +96,32 @@ impl WeightSource for SafetensorsFolder {
     }
 
     fn get(&self, name: &str) -> Result<Option<HostTensor>, WeightsError> {
-        let Some(&i) = self.index.get(name) else { return Ok(None) };
+        let Some(&i) = self.index.get(name) else {
+            return Ok(None);
+        };
         let shard = &self.shards[i];
         let st = SafeTensors::deserialize(&shard.mmap).map_err(|e| WeightsError::Format {
             path: shard.path.clone(),
             detail: e.to_string(),
         })?;
-        let view = st.tensor(name).map_err(|e| WeightsError::Format { path: shard.path.clone(), detail: e.to_string() })?;
+        let view = st.tensor(name).map_err(|e| WeightsError::Format {
+            path: shard.path.clone(),
+            detail: e.to_string(),
+        })?;
         let bytes = view.data();
         let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect(),
-            Dtype::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            Dtype::BF16 => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
             other => {
                 return Err(WeightsError::UnsupportedDtype {
                     path: shard.path.clone(),
@@ -113,7 +136,10 @@ impl WeightSource for SafetensorsFolder {
 }
 
 /// Write tensors as one safetensors file (f32), atomically.
-pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, HostTensor>) -> Result<(), WeightsError> {
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &BTreeMap<String, HostTensor>,
+) -> Result<(), WeightsError> {
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
         .map(|(name, t)| {

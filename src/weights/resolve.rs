@@ -23,7 +23,9 @@ pub fn home_dir() -> PathBuf {
     if let Some(h) = std::env::var_os("SWITCHYARD_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(h);
     }
-    dirs::cache_dir().unwrap_or_else(|| PathBuf::from(".")).join("switchyard")
+    dirs::cache_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("switchyard")
 }
 
 /// Everything a model needs, loaded but not yet on a device.
@@ -40,20 +42,34 @@ pub struct ModelFiles {
 }
 
 fn resolve_config(config: &ModelConfig, file: &Path) -> Result<ResolvedConfig, WeightsError> {
-    config.resolve().map_err(|e| WeightsError::Format { path: file.to_path_buf(), detail: e.to_string() })
+    config.resolve().map_err(|e| WeightsError::Format {
+        path: file.to_path_buf(),
+        detail: e.to_string(),
+    })
 }
 
 fn tok_err(path: &Path, e: impl std::fmt::Display) -> WeightsError {
-    WeightsError::Format { path: path.to_path_buf(), detail: e.to_string() }
+    WeightsError::Format {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    }
 }
 
 /// Open a Hugging Face folder.
 pub fn open_folder(dir: &Path, origin: &str) -> Result<ModelFiles, WeightsError> {
     let config = read_config(dir)?;
     let resolved = resolve_config(&config, &dir.join("config.json"))?;
-    let tokenizer = ModelTokenizer::from_folder(dir, &config.eos_ids()).map_err(|e| tok_err(dir, e))?;
+    let tokenizer =
+        ModelTokenizer::from_folder(dir, &config.eos_ids()).map_err(|e| tok_err(dir, e))?;
     let source = Box::new(SafetensorsFolder::open(dir)?);
-    Ok(ModelFiles { origin: origin.into(), path: dir.to_path_buf(), config, resolved, source, tokenizer })
+    Ok(ModelFiles {
+        origin: origin.into(),
+        path: dir.to_path_buf(),
+        config,
+        resolved,
+        source,
+        tokenizer,
+    })
 }
 
 /// Open a GGUF file.
@@ -64,8 +80,16 @@ pub fn open_gguf(path: &Path, origin: &str) -> Result<ModelFiles, WeightsError> 
     let vocab = model.vocab()?;
     let json = gguf_vocab::tokenizer_json(&vocab).map_err(|e| tok_err(path, e))?;
     let tcfg = gguf_vocab::tokenizer_config_json(&vocab);
-    let tokenizer = ModelTokenizer::from_documents(json, tcfg, None, &config.eos_ids(), path).map_err(|e| tok_err(path, e))?;
-    Ok(ModelFiles { origin: origin.into(), path: path.to_path_buf(), config, resolved, source: Box::new(model), tokenizer })
+    let tokenizer = ModelTokenizer::from_documents(json, tcfg, None, &config.eos_ids(), path)
+        .map_err(|e| tok_err(path, e))?;
+    Ok(ModelFiles {
+        origin: origin.into(),
+        path: path.to_path_buf(),
+        config,
+        resolved,
+        source: Box::new(model),
+        tokenizer,
+    })
 }
 
 /// Resolve `spec` (None: the default model) to model files.
@@ -81,7 +105,10 @@ pub fn open(spec: Option<&str>) -> Result<ModelFiles, WeightsError> {
     let named = models_dir().join(spec);
     if spec == DEFAULT_MODEL && !super::fetch::is_complete(&named) {
         // The default model is fetched on first use, as `models fetch` would.
-        eprintln!("{DEFAULT_MODEL} is not in {} yet: fetching it (once)…", models_dir().display());
+        eprintln!(
+            "{DEFAULT_MODEL} is not in {} yet: fetching it (once)…",
+            models_dir().display()
+        );
         super::fetch::fetch_default(super::fetch::FetchFrom::Auto, false, |_, _| {})?;
     }
     if named.is_dir() {
@@ -94,7 +121,12 @@ pub fn open(spec: Option<&str>) -> Result<ModelFiles, WeightsError> {
     let hint = if spec == DEFAULT_MODEL {
         "run `switchyard models fetch` first".to_string()
     } else {
-        format!("give a .gguf file, a model folder, a Hub id (org/name[@rev]) or a name in {}", models_dir().display())
+        format!(
+            "give a .gguf file, a model folder, a Hub id (org/name[@rev]) or a name in {}",
+            models_dir().display()
+        )
     };
-    Err(WeightsError::Other(format!("model `{spec}` not found: {hint}")))
+    Err(WeightsError::Other(format!(
+        "model `{spec}` not found: {hint}"
+    )))
 }
