@@ -174,3 +174,32 @@ fn tiny_qwen2_with_qkv_bias_matches_transformers() {
 fn tiny_llama_with_llama3_rope_scaling_matches_transformers() {
     tiny("llama3");
 }
+
+#[test]
+fn sharded_safetensors_load_like_a_single_file() {
+    use std::collections::BTreeMap;
+    use switchyard::weights::WeightSource;
+    use switchyard::weights::hf_folder::write_safetensors;
+    let dir = common::fixture("tiny/qwen2");
+    let single = SafetensorsFolder::open(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.join("config.json"), tmp.path().join("config.json")).unwrap();
+    let (mut shards, mut weight_map) = ([BTreeMap::new(), BTreeMap::new()], serde_json::Map::new());
+    for (i, name) in single.names().into_iter().enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i % 2 + 1);
+        weight_map.insert(name.clone(), file.into());
+        shards[i % 2].insert(name.clone(), single.get(&name).unwrap().unwrap());
+    }
+    for (i, shard) in shards.iter().enumerate() {
+        write_safetensors(&tmp.path().join(format!("model-0000{}-of-00002.safetensors", i + 1)), shard).unwrap();
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(tmp.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+
+    let cfg = read_config(&dir).unwrap().resolve().unwrap();
+    let device = common::cpu();
+    let a = CausalLm::load(&cfg, &single, &device).unwrap();
+    let b = CausalLm::load(&cfg, &SafetensorsFolder::open(tmp.path()).unwrap(), &device).unwrap();
+    let input = [1, 5, 9, 77, 200];
+    assert_eq!(a.sequence_logits(&input, 5, &device), b.sequence_logits(&input, 5, &device));
+}
