@@ -67,26 +67,10 @@ pub fn set_threads(threads: Option<usize>) {
     }
 }
 
-/// Whether `device` is burn's CPU backend (flex), whose small matmuls run on one thread.
-pub fn is_cpu(device: &Device) -> bool {
-    #[cfg(feature = "cpu")]
-    {
-        device.clone().without_autodiff() == Device::flex()
-    }
-    #[cfg(not(feature = "cpu"))]
-    {
-        let _ = device;
-        false
-    }
-}
-
 /// Put loaded model files on a device.
 pub fn engine_from_files(files: ModelFiles, device: &Device) -> Result<Engine, WeightsError> {
     let started = Instant::now();
-    let mut model = CausalLm::load(&files.resolved, files.source.as_ref(), device)?;
-    if is_cpu(device) {
-        model = model.with_matvec_split(rayon::current_num_threads());
-    }
+    let model = CausalLm::load(&files.resolved, files.source.as_ref(), device)?;
     tracing::debug!("loaded {} in {:.2?}", files.origin, started.elapsed());
     Ok(Engine {
         model,

@@ -9,14 +9,37 @@ fn convert_writes_a_hugging_face_folder_that_loads() {
     let (_, gguf) = common::smollm2();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("smol");
-    let st = Command::new(env!("CARGO_BIN_EXE_switchyard")).arg("convert").arg(gguf).arg(&out).output().unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"] {
+    let st = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("convert")
+        .arg(gguf)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "generation_config.json",
+    ] {
         assert!(out.join(f).is_file(), "missing {f}");
     }
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["architectures"][0], "LlamaForCausalLM");
-    assert_eq!((cfg["num_hidden_layers"].as_u64(), cfg["num_key_value_heads"].as_u64()), (Some(30), Some(3)));
+    assert_eq!(
+        (
+            cfg["num_hidden_layers"].as_u64(),
+            cfg["num_key_value_heads"].as_u64()
+        ),
+        (Some(30), Some(3))
+    );
     assert_eq!(cfg["rope_theta"].as_f64(), Some(100000.0));
     assert_eq!(cfg["tie_word_embeddings"], true);
     let st = Command::new(env!("CARGO_BIN_EXE_switchyard"))
@@ -25,7 +48,10 @@ fn convert_writes_a_hugging_face_folder_that_loads() {
         .arg("What is the capital of France?")
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&st.stdout).trim(), "The capital of France is Paris.");
+    assert_eq!(
+        String::from_utf8_lossy(&st.stdout).trim(),
+        "The capital of France is Paris."
+    );
 }
 
 #[test]

@@ -191,15 +191,27 @@ fn sharded_safetensors_load_like_a_single_file() {
         shards[i % 2].insert(name.clone(), single.get(&name).unwrap().unwrap());
     }
     for (i, shard) in shards.iter().enumerate() {
-        write_safetensors(&tmp.path().join(format!("model-0000{}-of-00002.safetensors", i + 1)), shard).unwrap();
+        write_safetensors(
+            &tmp.path()
+                .join(format!("model-0000{}-of-00002.safetensors", i + 1)),
+            shard,
+        )
+        .unwrap();
     }
     let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
-    std::fs::write(tmp.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        tmp.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
 
     let cfg = read_config(&dir).unwrap().resolve().unwrap();
     let device = common::cpu();
     let a = CausalLm::load(&cfg, &single, &device).unwrap();
     let b = CausalLm::load(&cfg, &SafetensorsFolder::open(tmp.path()).unwrap(), &device).unwrap();
     let input = [1, 5, 9, 77, 200];
-    assert_eq!(a.sequence_logits(&input, 5, &device), b.sequence_logits(&input, 5, &device));
+    assert_eq!(
+        a.sequence_logits(&input, 5, &device),
+        b.sequence_logits(&input, 5, &device)
+    );
 }

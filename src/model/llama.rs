@@ -9,7 +9,6 @@ use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
-use burn::tensor::module::linear;
 
 use super::cache::{KvCache, LayerCache};
 use super::config::ResolvedConfig;
@@ -39,8 +38,6 @@ pub struct Attention {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
-    /// Threads a decode-sized projection is split over (see [`project`]); 1 is off.
-    matvec_split: usize,
 }
 
 #[derive(Module, Debug)]
@@ -79,54 +76,10 @@ pub struct Batch {
     pub mask: Tensor<4>,
 }
 
-/// `x · W` for a projection, split across CPU threads when only a few rows come in.
-///
-/// Decoding multiplies one row by each weight matrix. burn's CPU matmul uses one thread below
-/// about 192³ multiply-adds, so every decode step would read all weights through one core and
-/// be bound by that core's memory bandwidth. Splitting the output columns over `split` threads
-/// reads the weights through all cores. `split` is 1 (off) except on the CPU, and rows above
-/// [`SPLIT_MAX_ROWS`] (prefill, training) take burn's own path.
-fn project(l: &Linear, x: Tensor<3>, split: usize) -> Tensor<3> {
-    let [b, s, _] = x.dims();
-    let w = l.weight.val();
-    let out = w.dims()[1];
-    if split < 2 || b * s > SPLIT_MAX_ROWS || out < 128 * split {
-        return l.forward(x);
-    }
-    let chunk = out.div_ceil(split);
-    let mut parts: Vec<Option<Tensor<3>>> = vec![None; split];
-    rayon::scope(|scope| {
-        for (i, slot) in parts.iter_mut().enumerate() {
-            let (x, w) = (x.clone(), w.clone());
-            let bias = l.bias.as_ref().map(|b| b.val());
-            scope.spawn(move |_| {
-                let start = i * chunk;
-                let len = chunk.min(out - start);
-                let bias = bias.map(|b| b.narrow(0, start, len));
-                *slot = Some(linear(x, w.narrow(1, start, len), bias));
-            });
-        }
-    });
-    Tensor::cat(
-        parts
-            .into_iter()
-            .map(|p| p.expect("every chunk ran"))
-            .collect(),
-        2,
-    )
-}
-
-/// Above this many rows a projection is big enough for burn's matmul to parallelise itself.
-const SPLIT_MAX_ROWS: usize = 8;
-
 impl Mlp {
-    fn forward(&self, x: Tensor<3>, split: usize) -> Tensor<3> {
-        let gate = silu(project(&self.gate_proj, x.clone(), split));
-        project(
-            &self.down_proj,
-            gate * project(&self.up_proj, x, split),
-            split,
-        )
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
     }
 }
 
@@ -142,10 +95,9 @@ impl Attention {
         let [b, s, _] = x.dims();
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
         let split = |t: Tensor<3>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2);
-        let n = self.matvec_split;
-        let q = Rope::apply(split(project(&self.q_proj, x.clone(), n), h), cos, sin);
-        let k = Rope::apply(split(project(&self.k_proj, x.clone(), n), kv), cos, sin);
-        let v = split(project(&self.v_proj, x, n), kv);
+        let q = Rope::apply(split(self.q_proj.forward(x.clone()), h), cos, sin);
+        let k = Rope::apply(split(self.k_proj.forward(x.clone()), kv), cos, sin);
+        let v = split(self.v_proj.forward(x), kv);
         let (k, v) = cache.append(k, v);
         let t = k.dims()[2];
         // Grouped-query attention without copying K/V: fold each group's query heads into the
@@ -160,7 +112,7 @@ impl Attention {
             .reshape([b, h, s, d])
             .swap_dims(1, 2)
             .reshape([b, s, h * d]);
-        project(&self.o_proj, out, n)
+        self.o_proj.forward(out)
     }
 }
 
@@ -177,11 +129,7 @@ impl DecoderLayer {
             + self
                 .self_attn
                 .forward(self.input_layernorm.forward(x), cos, sin, mask, cache);
-        h.clone()
-            + self.mlp.forward(
-                self.post_attention_layernorm.forward(h),
-                self.self_attn.matvec_split,
-            )
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }
 
@@ -220,15 +168,6 @@ impl CausalLm {
                     .reshape([b, s, vocab])
             }
         }
-    }
-
-    /// Split decode-sized projections over `threads` CPU threads (see [`project`]). Worth it
-    /// only on a CPU device, where burn's matmul leaves small products on one thread.
-    pub fn with_matvec_split(mut self, threads: usize) -> Self {
-        for layer in &mut self.layers {
-            layer.self_attn.matvec_split = threads.max(1);
-        }
-        self
     }
 
     /// Logits `[n, vocab]` of the last `last_n` positions of one sequence, from an empty cache.
@@ -315,7 +254,6 @@ impl CausalLm {
                     heads: cfg.heads,
                     kv_heads: cfg.kv_heads,
                     head_dim: cfg.head_dim,
-                    matvec_split: 1,
                 },
                 post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
                 mlp: Mlp {

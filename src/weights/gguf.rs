@@ -627,14 +627,26 @@ mod tests {
 
     #[test]
     fn f16_and_bf16_tensors_read_in_pytorch_shape_order() {
-        let f16s: Vec<u8> = [1.0f32, -2.0, 0.5, 4.0, 8.0, -1.0].iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect();
-        let bf16s: Vec<u8> = [3.0f32, -0.25].iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect();
+        let f16s: Vec<u8> = [1.0f32, -2.0, 0.5, 4.0, 8.0, -1.0]
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect();
+        let bf16s: Vec<u8> = [3.0f32, -0.25]
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect();
         let f = write_gguf(&[("a", vec![3, 2], 1, f16s), ("b", vec![2], 30, bf16s)]);
         let g = GgufFile::open(f.path()).unwrap();
         let a = g.tensor_info("a").unwrap();
         assert_eq!(a.shape(), vec![2, 3]);
-        assert_eq!(g.dequantize(a).unwrap(), vec![1.0, -2.0, 0.5, 4.0, 8.0, -1.0]);
-        assert_eq!(g.dequantize(g.tensor_info("b").unwrap()).unwrap(), vec![3.0, -0.25]);
+        assert_eq!(
+            g.dequantize(a).unwrap(),
+            vec![1.0, -2.0, 0.5, 4.0, 8.0, -1.0]
+        );
+        assert_eq!(
+            g.dequantize(g.tensor_info("b").unwrap()).unwrap(),
+            vec![3.0, -0.25]
+        );
         assert_eq!(g.require_str("general.architecture").unwrap(), "llama");
     }
 
@@ -642,8 +654,14 @@ mod tests {
     fn an_unsupported_quantisation_names_its_type_and_tensor() {
         let f = write_gguf(&[("blk.0.ffn_up.weight", vec![256, 1], 12, vec![0u8; 144])]);
         let g = GgufFile::open(f.path()).unwrap();
-        let e = g.dequantize(g.tensor_info("blk.0.ffn_up.weight").unwrap()).unwrap_err().to_string();
-        assert!(e.contains("Q4_K") && e.contains("blk.0.ffn_up.weight") && e.contains("Q4_1"), "{e}");
+        let e = g
+            .dequantize(g.tensor_info("blk.0.ffn_up.weight").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("Q4_K") && e.contains("blk.0.ffn_up.weight") && e.contains("Q4_1"),
+            "{e}"
+        );
         let missing = g.require("llama.block_count").unwrap_err().to_string();
         assert!(missing.contains("llama.block_count"), "{missing}");
     }
