@@ -38,7 +38,9 @@ def main():
         llm.eval(workload["decode_prompt_ids"])
         start = time.perf_counter()
         for _ in range(n):
-            nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            # llm.scores is filled only with logits_all=True, which would slow prefill: read the last logits.
+            last = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+            nxt = int(np.argmax(np.ctypeslib.as_array(last, shape=(llm.n_vocab(),))))
             llm.eval([nxt])
         return time.perf_counter() - start
 
