@@ -76,10 +76,28 @@ pub struct Batch {
     pub mask: Tensor<4>,
 }
 
+/// `x · W (+ b)` for a projection: decode-sized inputs on the CPU take the small-matmul kernel.
+fn project(l: &Linear, x: Tensor<3>) -> Tensor<3> {
+    #[cfg(feature = "cpu")]
+    {
+        let [b, s, k] = x.dims();
+        if super::kernels::applies(&x.device()) {
+            let w = l.weight.val();
+            let n = w.dims()[1];
+            let y = super::kernels::small_matmul(x.reshape([b * s, k]), w).reshape([b, s, n]);
+            return match &l.bias {
+                Some(bias) => y + bias.val().unsqueeze(),
+                None => y,
+            };
+        }
+    }
+    l.forward(x)
+}
+
 impl Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gate = silu(project(&self.gate_proj, x.clone()));
+        project(&self.down_proj, gate * project(&self.up_proj, x))
     }
 }
 
@@ -95,9 +113,9 @@ impl Attention {
         let [b, s, _] = x.dims();
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
         let split = |t: Tensor<3>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2);
-        let q = Rope::apply(split(self.q_proj.forward(x.clone()), h), cos, sin);
-        let k = Rope::apply(split(self.k_proj.forward(x.clone()), kv), cos, sin);
-        let v = split(self.v_proj.forward(x), kv);
+        let q = Rope::apply(split(project(&self.q_proj, x.clone()), h), cos, sin);
+        let k = Rope::apply(split(project(&self.k_proj, x.clone()), kv), cos, sin);
+        let v = split(project(&self.v_proj, x), kv);
         let (k, v) = cache.append(k, v);
         let t = k.dims()[2];
         // Grouped-query attention without copying K/V: fold each group's query heads into the
@@ -112,7 +130,7 @@ impl Attention {
             .reshape([b, h, s, d])
             .swap_dims(1, 2)
             .reshape([b, s, h * d]);
-        self.o_proj.forward(out)
+        project(&self.o_proj, out)
     }
 }
 
@@ -161,6 +179,11 @@ impl CausalLm {
                 let [b, s, h] = hidden.dims();
                 let vocab = self.embed_tokens.dims()[0];
                 let flat = hidden.reshape([b * s, h]);
+                #[cfg(feature = "cpu")]
+                if b * s <= super::kernels::MAX_ROWS && super::kernels::applies(&flat.device()) {
+                    let w = self.embed_tokens.val().transpose();
+                    return super::kernels::small_matmul(flat, w).reshape([b, s, vocab]);
+                }
                 self.embed_tokens
                     .val()
                     .matmul(flat.transpose())
@@ -225,8 +248,10 @@ impl CausalLm {
                 } else {
                     None
                 };
+                // burn computes x·W with W [in, out]; a transposed view of the [out, in] data keeps the
+                // checkpoint's rows contiguous, which the decode kernel reads directly.
                 Ok(Linear {
-                    weight: Param::from_tensor(up(w.transposed())),
+                    weight: Param::from_tensor(up(w).transpose()),
                     bias,
                 })
             };

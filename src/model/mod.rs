@@ -3,6 +3,8 @@
 
 pub mod cache;
 pub mod config;
+#[cfg(feature = "cpu")]
+pub mod kernels;
 pub mod llama;
 pub mod rope;
 

@@ -1,0 +1,233 @@
+//! A kernel burn's CPU backend lacks: products of a few rows with a weight matrix, as in decode.
+//!
+//! burn-flex sends `[1, k] · [k, n]` to its general matmul, which uses one thread below about
+//! 192³ multiply-adds and streams weights at ~13 GB/s here. Decoding is nothing but such products,
+//! bound by how fast the weights are read, so this kernel reads each weight row once per call
+//! with fused multiply-adds on all threads (~29 GB/s here; see BENCHMARKS.md). It is a burn
+//! backend extension for `Flex`; every other backend, and autodiff, keeps burn's matmul.
+
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Backend, Dispatch, Flex, backend_extension, tensor::FloatTensor};
+use burn::prelude::*;
+use burn::tensor::DType;
+use rayon::prelude::*;
+
+/// At most this many rows take the kernel; more rows make a real matmul, which burn does well.
+pub const MAX_ROWS: usize = 8;
+
+#[backend_extension(Flex)]
+pub trait SmallMatmul: Backend {
+    /// `x [m, k] · w [k, n]` for a handful of rows `m`.
+    fn small_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// Whether the kernel serves tensors on `device` (the CPU backend, without autodiff).
+pub fn applies(device: &Device) -> bool {
+    !device.is_autodiff() && *device == Device::flex()
+}
+
+/// `x [m, k] · w [k, n]` through the kernel (any `m`). Callers check [`applies`].
+pub fn small_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as SmallMatmul>::small_matmul(
+        x.into_dispatch(),
+        w.into_dispatch(),
+    ))
+}
+
+impl SmallMatmul for Flex {
+    fn small_matmul(x: FlexTensor, w: FlexTensor) -> FlexTensor {
+        let fallback = |x: FlexTensor, w: FlexTensor| {
+            <Flex as burn::backend::ops::FloatTensorOps<Flex>>::float_matmul(x, w)
+        };
+        if x.dtype() != DType::F32 || w.dtype() != DType::F32 {
+            return fallback(x, w);
+        }
+        let (m, k) = (x.layout().shape()[0], x.layout().shape()[1]);
+        let n = w.layout().shape()[1];
+        if m > MAX_ROWS {
+            // Prefill: a real matmul. Over an `[n, k]` matrix seen transposed, compute
+            // (W·xᵀ)ᵀ so that the big operand is read in its stored order, not copied.
+            if w.layout().strides() == [1, k as isize] {
+                let yt = fallback(w.transpose(0, 1), x.transpose(0, 1));
+                return yt.transpose(0, 1);
+            }
+            return fallback(x, w);
+        }
+        let x = if x.is_contiguous() {
+            x
+        } else {
+            x.to_contiguous()
+        };
+        let xs = x.as_slice::<f32>().expect("contiguous f32");
+        let strides = w.layout().strides();
+        let start = w.layout().start_offset();
+        let storage = w.storage::<f32>();
+        let y = if strides == [1, k as isize] {
+            // A transposed view of an `[n, k]` matrix (Hugging Face's `[out, in]`): one dot
+            // product per output, each reading one contiguous weight row.
+            rows_dot(&storage[start..start + n * k], xs, m, k, n)
+        } else if strides == [n as isize, 1] {
+            axpy_rows(&storage[start..start + k * n], xs, m, k, n)
+        } else {
+            return fallback(x, w);
+        };
+        FlexTensor::from_data(TensorData::new(y, [m, n]))
+    }
+}
+
+/// `y[i, r] = Σ_j x[i, j] · wt[r, j]` for `wt` stored `[n, k]`.
+fn rows_dot(wt: &[f32], x: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    // A few large tasks per thread: each fork-join wakes the pool, and a decode step makes ~200.
+    let block = n.div_ceil(rayon::current_num_threads().max(1) * 2).max(16);
+    let mut yt = vec![0f32; n * m];
+    yt.par_chunks_mut(block * m)
+        .enumerate()
+        .for_each(|(b, out)| {
+            for (r, cell) in out.chunks_mut(m).enumerate() {
+                let row = &wt[(b * block + r) * k..(b * block + r + 1) * k];
+                for (i, c) in cell.iter_mut().enumerate() {
+                    *c = dot(row, &x[i * k..(i + 1) * k]);
+                }
+            }
+        });
+    if m == 1 {
+        return yt;
+    }
+    let mut y = vec![0f32; m * n];
+    for r in 0..n {
+        for i in 0..m {
+            y[i * n + r] = yt[r * m + i];
+        }
+    }
+    y
+}
+
+/// `y[i, :] = Σ_j x[i, j] · w[j, :]` for `w` stored `[k, n]`: column blocks per thread.
+fn axpy_rows(w: &[f32], x: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = n.div_ceil(threads).div_ceil(16) * 16;
+    let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(chunk))
+        .into_par_iter()
+        .map(|b| {
+            let (c0, c1) = (b * chunk, ((b + 1) * chunk).min(n));
+            let mut acc = vec![0f32; m * (c1 - c0)];
+            for j in 0..k {
+                let row = &w[j * n + c0..j * n + c1];
+                for (i, a) in acc.chunks_mut(c1 - c0).enumerate() {
+                    axpy(a, x[i * k + j], row);
+                }
+            }
+            (c0, acc)
+        })
+        .collect();
+    let mut y = vec![0f32; m * n];
+    for (c0, acc) in blocks {
+        let width = acc.len() / m;
+        for i in 0..m {
+            y[i * n + c0..i * n + c0 + width].copy_from_slice(&acc[i * width..(i + 1) * width]);
+        }
+    }
+    y
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the features the function is compiled for were just detected.
+            return unsafe { dot_fma(a, b) };
+        }
+    }
+    dot_portable::<32>(a, b)
+}
+
+/// `L` independent accumulators, so that several FMA chains and loads are in flight at once:
+/// the compiler maps them onto 2-4 vector registers of the enabled width.
+#[inline(always)]
+fn dot_portable<const L: usize>(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; L];
+    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..L {
+            acc[i] = x[i].mul_add(y[i], acc[i]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_fma(a: &[f32], b: &[f32]) -> f32 {
+    dot_portable::<16>(a, b)
+}
+
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: as in `dot`.
+        return unsafe { axpy_fma(y, a, x) };
+    }
+    axpy_portable(y, a, x)
+}
+
+#[inline(always)]
+fn axpy_portable(y: &mut [f32], a: f32, x: &[f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi = a.mul_add(*xi, *yi);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_fma(y: &mut [f32], a: f32, x: &[f32]) {
+    axpy_portable(y, a, x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    fn close(a: &Tensor<2>, b: &Tensor<2>) {
+        let (a, b) = (
+            a.to_data().try_to_vec::<f32>().unwrap(),
+            b.to_data().try_to_vec::<f32>().unwrap(),
+        );
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn matches_burn_matmul_for_both_weight_layouts_and_several_rows() {
+        let d = Device::flex();
+        for m in [1, 3, 8] {
+            let x = Tensor::<2>::random([m, 200], Distribution::Default, &d);
+            let w_out_in = Tensor::<2>::random([333, 200], Distribution::Default, &d);
+            let view = w_out_in.transpose(); // [in, out] over [out, in] storage
+            close(
+                &small_matmul(x.clone(), view.clone()),
+                &x.clone().matmul(view.clone()),
+            );
+            let dense = Tensor::<2>::from_data(view.to_data(), &d); // [in, out] contiguous
+            close(
+                &small_matmul(x.clone(), dense.clone()),
+                &x.clone().matmul(dense),
+            );
+            let strided =
+                Tensor::<2>::random([200, 700], Distribution::Default, &d).narrow(1, 100, 333);
+            close(
+                &small_matmul(x.clone(), strided.clone()),
+                &x.matmul(strided),
+            );
+        }
+    }
+}
