@@ -16,18 +16,6 @@ impl HostTensor {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
         Self { shape, data }
     }
-
-    /// Transpose a 2-D tensor (`[rows, cols]` to `[cols, rows]`).
-    pub fn transposed(&self) -> HostTensor {
-        let (rows, cols) = (self.shape[0], self.shape[1]);
-        let mut out = vec![0.0; self.data.len()];
-        for r in 0..rows {
-            for c in 0..cols {
-                out[c * rows + r] = self.data[r * cols + c];
-            }
-        }
-        HostTensor::new(vec![cols, rows], out)
-    }
 }
 
 /// Anything that can hand out Hugging Face-named tensors.
