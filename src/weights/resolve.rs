@@ -109,7 +109,19 @@ pub fn open(spec: Option<&str>) -> Result<ModelFiles, WeightsError> {
             "{DEFAULT_MODEL} is not in {} yet: fetching it (once)…",
             models_dir().display()
         );
-        super::fetch::fetch_default(super::fetch::FetchFrom::Auto, false, |_, _| {})?;
+        let bar = indicatif::ProgressBar::new(0).with_message("converting");
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {pos}/{len} tensors, eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        super::fetch::fetch_default(super::fetch::FetchFrom::Auto, false, |i, n| {
+            bar.set_length(n as u64);
+            bar.set_position(i as u64);
+        })?;
+        bar.finish_and_clear();
     }
     if named.is_dir() {
         return open_folder(&named, spec);
