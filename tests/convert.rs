@@ -9,17 +9,7 @@ fn convert_writes_a_hugging_face_folder_that_loads() {
     let (_, gguf) = common::smollm2();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("smol");
-    let st = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("convert")
-        .arg(gguf)
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    common::cli_ok(common::cli().arg("convert").arg(gguf).arg(&out));
     for f in [
         "config.json",
         "model.safetensors",

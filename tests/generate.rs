@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use switchyard::generate::{Engine, FinishReason, GenerateOptions, SamplingParams};
 use switchyard::runtime::engine_from_files;
@@ -22,15 +22,6 @@ fn chat_ids(e: &Engine, q: &str) -> Vec<u32> {
         .apply_chat_template(&[Message::new("user", q)], true)
         .unwrap();
     e.tokenizer.encode(&p, false).unwrap()
-}
-
-fn home_env(cmd: &mut Command) -> &mut Command {
-    let (folder, _) = common::smollm2();
-    // The models dir is the parent of the default model's folder; SWITCHYARD_HOME is its parent.
-    cmd.env(
-        "SWITCHYARD_HOME",
-        folder.parent().unwrap().parent().unwrap(),
-    )
 }
 
 #[test]
@@ -129,25 +120,17 @@ fn sampling_is_reproducible_by_seed_and_varies_across_seeds() {
 
 #[test]
 fn generate_json_reports_openai_shaped_logprobs() {
-    let out = home_env(&mut Command::new(env!("CARGO_BIN_EXE_switchyard")))
-        .args([
-            "generate",
-            "--format",
-            "json",
-            "--logprobs",
-            "3",
-            "--max-tokens",
-            "8",
-            "What is the capital of France?",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = common::cli_ok(common::cli().args([
+        "generate",
+        "--format",
+        "json",
+        "--logprobs",
+        "3",
+        "--max-tokens",
+        "8",
+        "What is the capital of France?",
+    ]));
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["text"], "The capital of France is Paris.");
     assert_eq!(doc["finish_reason"], "stop");
     let content = doc["logprobs"]["content"].as_array().unwrap();
@@ -176,7 +159,7 @@ fn generate_json_reports_openai_shaped_logprobs() {
 
 #[test]
 fn chat_answers_over_stdin() {
-    let mut child = home_env(&mut Command::new(env!("CARGO_BIN_EXE_switchyard")))
+    let mut child = common::cli()
         .args(["chat", "--max-tokens", "16"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

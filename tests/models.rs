@@ -2,24 +2,8 @@
 
 mod common;
 
-use std::process::Command;
-
 fn switchyard(args: &[&str]) -> String {
-    let (folder, _) = common::smollm2();
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .env(
-            "SWITCHYARD_HOME",
-            folder.parent().unwrap().parent().unwrap(),
-        )
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::cli_ok(common::cli().args(args))
 }
 
 #[test]

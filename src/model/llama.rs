@@ -101,15 +101,16 @@ impl Mlp {
     }
 }
 
+/// What every layer of one forward pass shares: RoPE tables and the attention mask.
+struct Shared<'a> {
+    cos: &'a Tensor<4>,
+    sin: &'a Tensor<4>,
+    mask: &'a Tensor<4>,
+}
+
 impl Attention {
-    fn forward(
-        &self,
-        x: Tensor<3>,
-        cos: &Tensor<4>,
-        sin: &Tensor<4>,
-        mask: &Tensor<4>,
-        cache: &mut LayerCache,
-    ) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>, at: &Shared<'_>, cache: &mut LayerCache) -> Tensor<3> {
+        let (cos, sin, mask) = (at.cos, at.sin, at.mask);
         let [b, s, _] = x.dims();
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
         let split = |t: Tensor<3>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2);
@@ -135,18 +136,11 @@ impl Attention {
 }
 
 impl DecoderLayer {
-    fn forward(
-        &self,
-        x: Tensor<3>,
-        cos: &Tensor<4>,
-        sin: &Tensor<4>,
-        mask: &Tensor<4>,
-        cache: &mut LayerCache,
-    ) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>, at: &Shared<'_>, cache: &mut LayerCache) -> Tensor<3> {
         let h = x.clone()
             + self
                 .self_attn
-                .forward(self.input_layernorm.forward(x), cos, sin, mask, cache);
+                .forward(self.input_layernorm.forward(x), at, cache);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }
@@ -162,9 +156,14 @@ impl CausalLm {
             .select(0, batch.tokens.reshape([b * s]))
             .reshape([b, s, hidden]);
         let (cos, sin) = self.rope.tables(batch.positions);
+        let shared = Shared {
+            cos: &cos,
+            sin: &sin,
+            mask: &batch.mask,
+        };
         let mut x = x;
         for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(x, &cos, &sin, &batch.mask, lc);
+            x = layer.forward(x, &shared, lc);
         }
         self.norm.forward(x)
     }

@@ -34,3 +34,26 @@ pub fn cpu() -> burn::prelude::Device {
         .device()
         .expect("cpu backend")
 }
+
+/// The `switchyard` binary with `SWITCHYARD_HOME` pointing at the fetched default model.
+pub fn cli() -> std::process::Command {
+    let (folder, _) = smollm2();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    // The models dir is the parent of the default model's folder; SWITCHYARD_HOME is its parent.
+    cmd.env(
+        "SWITCHYARD_HOME",
+        folder.parent().unwrap().parent().unwrap(),
+    );
+    cmd
+}
+
+/// Run the CLI, which must succeed, and return its standard output.
+pub fn cli_ok(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
