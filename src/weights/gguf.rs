@@ -332,6 +332,15 @@ impl GgufFile {
             }
             let dtype = GgmlType::from_u32(cur.u32("a tensor type")?);
             let offset = cur.u64("a tensor offset")?;
+            if dims
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+                .is_none()
+            {
+                return Err(cur.err(format!(
+                    "tensor `{name}` has dimensions {dims:?} whose product overflows"
+                )));
+            }
             tensors.push(TensorInfo {
                 name,
                 dims,
