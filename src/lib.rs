@@ -3,8 +3,11 @@
 //!
 //! The crate is laid out by pipeline stage; see the README for the map.
 
+pub mod data;
+pub mod eval;
 pub mod generate;
 pub mod model;
 pub mod runtime;
 pub mod tokenize;
+pub mod train;
 pub mod weights;

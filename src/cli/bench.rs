@@ -24,6 +24,10 @@ pub struct BenchArgs {
 enum BenchCommand {
     /// Prefill and decode tokens/s, with peers side by side.
     Generate(GenerateBench),
+    /// LoRA training tokens/s and peak memory, with PyTorch + PEFT side by side.
+    Train(super::bench_train::TrainBench),
+    #[command(hide = true)]
+    TrainWorker(super::bench_train::TrainWorker),
 }
 
 #[derive(Args, Debug)]
@@ -144,7 +148,11 @@ fn peer(python: &Path, script: &str, model: &Path, workload: &Path) -> Result<Ro
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
-    let BenchCommand::Generate(b) = a.command;
+    let b = match a.command {
+        BenchCommand::Generate(b) => b,
+        BenchCommand::Train(t) => return super::bench_train::run(t),
+        BenchCommand::TrainWorker(w) => return super::bench_train::worker(w),
+    };
     anyhow::ensure!(
         b.repeats > 0 && b.new_tokens > 0 && b.prompt_tokens > 0,
         "counts must be positive"

@@ -1,10 +1,15 @@
 //! One file per subcommand: parse flags, pick the device, call the library.
 
 mod bench;
+mod bench_train;
 mod chat;
 mod convert;
+mod data;
+mod eval;
 mod generate;
+mod merge;
 mod models;
+mod train;
 
 use std::process::ExitCode;
 
@@ -35,6 +40,14 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Fetch, list and inspect models in the models directory.
     Models(models::ModelsArgs),
+    /// Fine-tune a LoRA adapter from a recipe (recipes/*.toml).
+    Train(train::TrainArgs),
+    /// Look at a recipe's data as the trainer sees it.
+    Data(data::DataArgs),
+    /// Run an eval suite (evals/*.toml) on a model and score it.
+    Eval(eval::EvalArgs),
+    /// Merge a LoRA adapter into its base model and write a Hugging Face folder.
+    Merge(merge::MergeArgs),
     /// Benchmarks, with peers measured side by side in the same run.
     Bench(bench::BenchArgs),
 }
@@ -52,16 +65,21 @@ pub struct ModelArgs {
     /// CPU threads (default: all cores, or RAYON_NUM_THREADS).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// A LoRA adapter folder in PEFT layout (ours or one trained with PEFT), merged as the model loads.
+    #[arg(long)]
+    pub adapter: Option<std::path::PathBuf>,
 }
 
 impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<switchyard::generate::Engine> {
         switchyard::runtime::set_threads(self.threads);
         let device = self.device.device().map_err(anyhow::Error::msg)?;
-        Ok(switchyard::runtime::load_engine(
-            self.model.as_deref(),
-            &device,
-        )?)
+        let files = switchyard::weights::resolve::open(self.model.as_deref())?;
+        let files = match &self.adapter {
+            Some(dir) => files.with_adapter(dir)?,
+            None => files,
+        };
+        Ok(switchyard::runtime::engine_from_files(files, &device)?)
     }
 }
 
@@ -88,6 +106,10 @@ pub fn main() -> ExitCode {
         Command::Chat(a) => chat::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Models(a) => models::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Data(a) => data::run(a),
+        Command::Merge(a) => merge::run(a),
+        Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
     };
     match result {

@@ -12,6 +12,7 @@ use burn::tensor::activation::{silu, softmax};
 
 use super::cache::{KvCache, LayerCache};
 use super::config::ResolvedConfig;
+use super::lora::Proj;
 use super::rope::Rope;
 use crate::weights::{HostTensor, WeightSource, WeightsError};
 
@@ -31,10 +32,10 @@ impl RmsNorm {
 
 #[derive(Module, Debug)]
 pub struct Attention {
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
-    pub o_proj: Linear,
+    pub q_proj: Proj,
+    pub k_proj: Proj,
+    pub v_proj: Proj,
+    pub o_proj: Proj,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -42,9 +43,9 @@ pub struct Attention {
 
 #[derive(Module, Debug)]
 pub struct Mlp {
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
-    pub down_proj: Linear,
+    pub gate_proj: Proj,
+    pub up_proj: Proj,
+    pub down_proj: Proj,
 }
 
 #[derive(Module, Debug)]
@@ -61,7 +62,7 @@ pub struct CausalLm {
     pub layers: Vec<DecoderLayer>,
     pub norm: RmsNorm,
     /// `None` when the output projection is tied to the embedding.
-    pub lm_head: Option<Linear>,
+    pub lm_head: Option<Proj>,
     pub rope: Rope,
     sliding_window: usize,
 }
@@ -76,8 +77,16 @@ pub struct Batch {
     pub mask: Tensor<4>,
 }
 
-/// `x · W (+ b)` for a projection: decode-sized inputs on the CPU take the small-matmul kernel.
-fn project(l: &Linear, x: Tensor<3>) -> Tensor<3> {
+/// `x · W (+ b)` plus the LoRA adapter's update, if the projection has one.
+fn project(p: &Proj, x: Tensor<3>) -> Tensor<3> {
+    match &p.lora {
+        Some(lora) => dense(&p.linear, x.clone()) + lora.forward(x),
+        None => dense(&p.linear, x),
+    }
+}
+
+/// `x · W (+ b)`: decode-sized inputs on the CPU take the small-matmul kernel.
+fn dense(l: &Linear, x: Tensor<3>) -> Tensor<3> {
     #[cfg(feature = "cpu")]
     {
         let [b, s, k] = x.dims();
@@ -171,7 +180,7 @@ impl CausalLm {
     /// Logits `[batch, seq, vocab]` for hidden states.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
+            Some(head) => project(head, hidden),
             // Tied: E·hᵀ reads the [vocab, hidden] embedding in its stored order; multiplying by
             // a transposed view instead makes the backend copy 113 MB per call on SmolLM2.
             None => {
@@ -190,6 +199,26 @@ impl CausalLm {
                     .reshape([b, s, vocab])
             }
         }
+    }
+
+    /// The summed negative log-likelihood of `labels`, each predicted from the flat position
+    /// (`row * seq + t`) in `predict_at`. Only those positions go through the output layer, so
+    /// prompt tokens the loss ignores cost no vocabulary-sized logits.
+    pub fn nll_sum(
+        &self,
+        batch: Batch,
+        predict_at: Tensor<1, Int>,
+        labels: Tensor<1, Int>,
+    ) -> Tensor<1> {
+        let [b, s] = batch.tokens.dims();
+        let mut cache = KvCache::new(self.num_layers(), vec![0; b]);
+        let hidden = self.forward_hidden(batch, &mut cache);
+        let h = hidden.dims()[2];
+        let n = predict_at.dims()[0];
+        let picked = hidden.reshape([b * s, h]).select(0, predict_at);
+        let logits = self.logits(picked.reshape([1, n, h]));
+        let logp = burn::tensor::activation::log_softmax(logits, 2);
+        logp.gather(2, labels.reshape([1, n, 1])).sum().neg()
     }
 
     /// Logits `[n, vocab]` of the last `last_n` positions of one sequence, from an empty cache.
@@ -224,6 +253,53 @@ impl CausalLm {
         self.rope.max_positions()
     }
 
+    /// Every projection by its Hugging Face module name (`model.layers.0.self_attn.q_proj`), in
+    /// checkpoint order. LoRA targets are chosen and adapters named through this list.
+    pub fn projections(&self) -> Vec<(String, &Proj)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            for (n, p) in [
+                ("self_attn.q_proj", &a.q_proj),
+                ("self_attn.k_proj", &a.k_proj),
+                ("self_attn.v_proj", &a.v_proj),
+                ("self_attn.o_proj", &a.o_proj),
+                ("mlp.gate_proj", &m.gate_proj),
+                ("mlp.up_proj", &m.up_proj),
+                ("mlp.down_proj", &m.down_proj),
+            ] {
+                out.push((format!("model.layers.{i}.{n}"), p));
+            }
+        }
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head".to_string(), h));
+        }
+        out
+    }
+
+    /// [`Self::projections`], mutable.
+    pub fn projections_mut(&mut self) -> Vec<(String, &mut Proj)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let (a, m) = (&mut l.self_attn, &mut l.mlp);
+            for (n, p) in [
+                ("self_attn.q_proj", &mut a.q_proj),
+                ("self_attn.k_proj", &mut a.k_proj),
+                ("self_attn.v_proj", &mut a.v_proj),
+                ("self_attn.o_proj", &mut a.o_proj),
+                ("mlp.gate_proj", &mut m.gate_proj),
+                ("mlp.up_proj", &mut m.up_proj),
+                ("mlp.down_proj", &mut m.down_proj),
+            ] {
+                out.push((format!("model.layers.{i}.{n}"), p));
+            }
+        }
+        if let Some(h) = &mut self.lm_head {
+            out.push(("lm_head".to_string(), h));
+        }
+        out
+    }
+
     /// Build the network from Hugging Face-named tensors, checking every shape.
     pub fn load(
         cfg: &ResolvedConfig,
@@ -238,7 +314,7 @@ impl CausalLm {
             Tensor::from_data(TensorData::new(t.data, [t.shape[0]]), device)
         };
         let lin =
-            |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear, WeightsError> {
+            |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Proj, WeightsError> {
                 let w = src.require(&format!("{name}.weight"), &[d_out, d_in])?;
                 let bias = if bias {
                     Some(Param::from_tensor(vec(
@@ -249,10 +325,10 @@ impl CausalLm {
                 };
                 // burn computes x·W with W [in, out]; a transposed view of the [out, in] data keeps the
                 // checkpoint's rows contiguous, which the decode kernel reads directly.
-                Ok(Linear {
+                Ok(Proj::new(Linear {
                     weight: Param::from_tensor(up(w).transpose()),
                     bias,
-                })
+                }))
             };
         let norm = |name: &str| -> Result<RmsNorm, WeightsError> {
             Ok(RmsNorm {

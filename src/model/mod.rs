@@ -6,8 +6,10 @@ pub mod config;
 #[cfg(feature = "cpu")]
 pub mod kernels;
 pub mod llama;
+pub mod lora;
 pub mod rope;
 
 pub use cache::KvCache;
 pub use config::{Architecture, ModelConfig, ResolvedConfig};
 pub use llama::{Batch, CausalLm};
+pub use lora::{LoraAdapter, Proj};

@@ -86,3 +86,53 @@ pub fn gguf_to_hf(
     progress(names.len(), names.len());
     write_safetensors(&weights_path, &tensors)
 }
+
+/// Write any opened model (a folder, a GGUF file, or a base with an adapter merged in) as a
+/// Hugging Face folder: config, f32 safetensors, tokenizer files, chat template.
+pub fn write_folder(
+    files: &super::resolve::ModelFiles,
+    out: &Path,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<(), WeightsError> {
+    std::fs::create_dir_all(out).map_err(|e| WeightsError::io(out, e))?;
+    let weights_path = out.join("model.safetensors");
+    if weights_path.exists() {
+        std::fs::remove_file(&weights_path).map_err(|e| WeightsError::io(&weights_path, e))?;
+    }
+    let mut cfg =
+        serde_json::to_value(&files.config).map_err(|e| WeightsError::Other(e.to_string()))?;
+    if let Some(obj) = cfg.as_object_mut() {
+        obj.retain(|_, v| !v.is_null());
+        obj.insert(
+            "architectures".into(),
+            json!([files.resolved.arch.class_name()]),
+        );
+        obj.entry("hidden_act").or_insert(json!("silu"));
+        obj.insert("torch_dtype".into(), json!("float32"));
+        obj.entry("transformers_version").or_insert(json!("4.46.0"));
+    }
+    write_json(&out.join("config.json"), &cfg)?;
+    let tok = &files.tokenizer;
+    write_json(&out.join("tokenizer.json"), &tok.json)?;
+    write_json(&out.join("tokenizer_config.json"), &tok.config)?;
+    if let Some(t) = &tok.template {
+        write_atomic(&out.join("chat_template.jinja"), t.source.as_bytes())?;
+    }
+    let mut gen_cfg = json!({"_from_model_config": true, "transformers_version": "4.46.0"});
+    match tok.eos_ids.as_slice() {
+        [] => {}
+        [one] => gen_cfg["eos_token_id"] = (*one).into(),
+        many => gen_cfg["eos_token_id"] = json!(many),
+    }
+    write_json(&out.join("generation_config.json"), &gen_cfg)?;
+    let names = files.source.names();
+    let mut tensors = BTreeMap::new();
+    for (i, name) in names.iter().enumerate() {
+        progress(i, names.len());
+        if let Some(t) = files.source.get(name)? {
+            tensors.insert(name.clone(), t);
+        }
+    }
+    progress(names.len(), names.len());
+    write_safetensors(&weights_path, &tensors)
+}

@@ -56,10 +56,19 @@ impl SafetensorsFolder {
                 name: "model.safetensors (or model.safetensors.index.json)".into(),
             });
         };
+        Self::open_files(dir, files.iter().map(|f| dir.join(f)).collect())
+    }
+
+    /// One safetensors file (an adapter's weights, for instance).
+    pub fn open_file(path: &Path) -> Result<Self, WeightsError> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        Self::open_files(dir, vec![path.to_path_buf()])
+    }
+
+    fn open_files(dir: &Path, files: Vec<PathBuf>) -> Result<Self, WeightsError> {
         let mut shards = Vec::new();
         let mut index = BTreeMap::new();
-        for f in files {
-            let path = dir.join(&f);
+        for path in files {
             let file = std::fs::File::open(&path).map_err(|e| WeightsError::io(&path, e))?;
             // SAFETY: read-only mapping of a file we do not modify.
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| WeightsError::io(&path, e))?;

@@ -4,6 +4,7 @@
 //! Everything here hands out host tensors named as in Hugging Face checkpoints
 //! (`model.layers.0.self_attn.q_proj.weight`), in f32, row-major, PyTorch shape order.
 
+pub mod adapter;
 pub mod convert;
 pub mod fetch;
 pub mod gguf;

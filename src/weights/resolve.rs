@@ -92,6 +92,17 @@ pub fn open_gguf(path: &Path, origin: &str) -> Result<ModelFiles, WeightsError> 
     })
 }
 
+impl ModelFiles {
+    /// The same model with a PEFT adapter merged into its weights as they load.
+    pub fn with_adapter(mut self, dir: &Path) -> Result<Self, WeightsError> {
+        let adapter = super::adapter::PeftAdapter::read(dir)?;
+        let base = std::mem::replace(&mut self.source, Box::new(super::store::Empty));
+        self.source = Box::new(super::adapter::MergedSource::new(base, adapter, dir)?);
+        self.origin = format!("{} + {}", self.origin, dir.display());
+        Ok(self)
+    }
+}
+
 /// Resolve `spec` (None: the default model) to model files.
 pub fn open(spec: Option<&str>) -> Result<ModelFiles, WeightsError> {
     let spec = spec.unwrap_or(DEFAULT_MODEL);

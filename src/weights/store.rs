@@ -46,3 +46,21 @@ pub trait WeightSource {
         Ok(t)
     }
 }
+
+/// A source with no tensors (a placeholder while another is moved out).
+pub struct Empty;
+
+impl WeightSource for Empty {
+    fn origin(&self) -> &Path {
+        Path::new("")
+    }
+    fn names(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn get(&self, _: &str) -> Result<Option<HostTensor>, WeightsError> {
+        Ok(None)
+    }
+    fn dtype_of(&self, _: &str) -> Option<String> {
+        None
+    }
+}

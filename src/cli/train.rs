@@ -1,0 +1,131 @@
+//! `switchyard train RECIPE`: validate, plan, train (or resume), write the adapter.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::Args;
+use switchyard::train::{self, LoadedRecipe, TrainOptions};
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// The recipe (TOML), e.g. recipes/demo.toml.
+    recipe: PathBuf,
+    /// Check the recipe and data, print the plan and a time estimate, train nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Continue from the newest checkpoint in the output folder.
+    #[arg(long, conflicts_with = "overwrite")]
+    resume: bool,
+    /// Start over, deleting an earlier run's checkpoints and adapter.
+    #[arg(long)]
+    overwrite: bool,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Stop as Ctrl-C would after this step (saves a checkpoint): for testing resumption.
+    #[arg(long, hide = true)]
+    interrupt_after: Option<usize>,
+}
+
+pub fn run(a: TrainArgs) -> anyhow::Result<()> {
+    switchyard::runtime::set_threads(a.threads);
+    let recipe = LoadedRecipe::load(&a.recipe)?;
+    let device = recipe.recipe.device.device().map_err(anyhow::Error::msg)?;
+    let prepared = train::prepare(recipe)?;
+    let plan = &prepared.plan;
+    let r = &prepared.recipe.recipe;
+    eprintln!(
+        "model {} · {} train samples ({} tokens, {} trained; {} dropped as longer than {}), {} validation",
+        plan.model,
+        plan.train.samples,
+        plan.train.tokens,
+        plan.train.trained_tokens,
+        plan.train.dropped_too_long,
+        r.sequence_len,
+        plan.val_samples
+    );
+    eprintln!(
+        "LoRA r={} alpha={} (scale {:.3}) on {} modules [{}]: {} trainable parameters ({:.3}% of {})",
+        r.lora_r,
+        r.lora_alpha,
+        plan.scale,
+        plan.adapted_modules,
+        plan.targets.join(", "),
+        plan.trainable_params,
+        100.0 * plan.trainable_params as f64 / plan.base_params.max(1) as f64,
+        plan.base_params
+    );
+    eprintln!(
+        "{} sequences{} · {} micro-batches of {} per epoch · {} steps of {} micro-batches, warmup {}, {:?} schedule, lr {}",
+        plan.sequences,
+        if r.sample_packing { " (packed)" } else { "" },
+        plan.micro_batches_per_epoch,
+        r.micro_batch_size,
+        plan.total_steps,
+        r.gradient_accumulation_steps,
+        plan.warmup_steps,
+        r.lr_scheduler,
+        r.learning_rate
+    );
+    if a.dry_run {
+        let secs = train::time_one_step(&prepared, &device)?;
+        let total = secs * (plan.total_steps * r.gradient_accumulation_steps) as f64;
+        eprintln!(
+            "one micro-batch takes {secs:.2} s here: about {:.0} min for the run (validation excluded)",
+            total / 60.0
+        );
+        println!("{}", serde_json::to_string_pretty(plan)?);
+        return Ok(());
+    }
+    let _ = ctrlc::set_handler(|| {
+        if train::INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit now)");
+    });
+    let opts = TrainOptions {
+        dry_run: false,
+        resume: a.resume,
+        overwrite: a.overwrite,
+        progress: std::io::stderr().is_terminal(),
+        interrupt_after: a.interrupt_after,
+    };
+    let outcome = train::train(&prepared, &device, &opts)?;
+    let out = prepared.recipe.output_dir();
+    if outcome.interrupted {
+        eprintln!(
+            "stopped at step {}/{}; checkpoint {}. Continue with: switchyard train {} --resume",
+            outcome.steps,
+            plan.total_steps,
+            outcome
+                .checkpoint
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            a.recipe.display()
+        );
+        std::process::exit(130);
+    }
+    eprintln!(
+        "done: {} steps{}, loss {:.4}{}, {:.0} tokens/s. Adapter: {}; metrics: {}",
+        outcome.steps,
+        if outcome.early_stopped {
+            " (early stop)"
+        } else {
+            ""
+        },
+        outcome.final_loss.unwrap_or(f64::NAN),
+        outcome
+            .final_val_loss
+            .map(|v| format!(", val loss {v:.4}"))
+            .unwrap_or_default(),
+        outcome.tokens_per_s,
+        outcome
+            .adapter_dir
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        out.join("metrics.jsonl").display()
+    );
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! LoRA training from the CLI on the real SmolLM2 weights: recipes, data, resumption, outputs.
+
+mod common;
+
+use std::path::Path;
+
+use common::{cli, cli_ok};
+use serde_json::Value;
+
+/// A small chat dataset and a recipe around it, in `dir`.
+fn setup(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let mut rows = String::new();
+    for i in 0..24 {
+        let words = ["river", "stone", "apple", "quiet", "lamp", "cloud"];
+        let a = words[i % 6];
+        let b = words[(i * 5 + 1) % 6];
+        rows.push_str(
+            &serde_json::json!({"messages": [
+                {"role": "user", "content": format!("Reverse: {a}, {b}")},
+                {"role": "assistant", "content": format!("{b}, {a}")}
+            ]})
+            .to_string(),
+        );
+        rows.push('\n');
+    }
+    std::fs::write(dir.join("data.jsonl"), rows).unwrap();
+    let recipe = dir.join("recipe.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "output_dir = \"{}\"\nlora_r = 4\nlora_alpha = 8\nlora_dropout = 0.1\nmicro_batch_size = 2\ngradient_accumulation_steps = 2\nmax_steps = 4\nlearning_rate = 2e-3\nwarmup_steps = 1\nval_set_size = 4\neval_steps = 2\nsave_steps = 1\nsave_total_limit = 2\nsequence_len = 96\n{extra}\n[[datasets]]\npath = \"data.jsonl\"\ntype = \"chat\"\n",
+            dir.join("out").display()
+        ),
+    )
+    .unwrap();
+    recipe
+}
+
+fn metrics(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("out/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_losses_and_writes_a_peft_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = setup(dir.path(), "sample_packing = true");
+    cli_ok(cli().args(["train"]).arg(&recipe));
+    let full = metrics(dir.path());
+    assert_eq!(full.len(), 4);
+    let first = full[0]["loss"].as_f64().unwrap();
+    let last = full[3]["loss"].as_f64().unwrap();
+    assert!(last < first, "loss should fall: {first} -> {last}");
+    assert!(full[1]["val_loss"].is_f64() && full[3]["val_ppl"].is_f64());
+    for key in ["step", "loss", "lr", "tokens_per_s"] {
+        assert!(full[0].get(key).is_some(), "metrics lack {key}");
+    }
+
+    // A second run must not silently overwrite the first.
+    let out = cli().args(["train"]).arg(&recipe).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
+
+    // Stop after step 2 as Ctrl-C would, then resume.
+    let out = cli()
+        .args(["train", "--overwrite", "--interrupt-after", "2"])
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.path().join("out/adapter").exists());
+    cli_ok(cli().args(["train", "--resume"]).arg(&recipe));
+    let resumed = metrics(dir.path());
+    assert_eq!(resumed.len(), 4);
+    for (a, b) in full.iter().zip(&resumed) {
+        assert_eq!(a["loss"], b["loss"], "step {}", a["step"]);
+        assert_eq!(a.get("val_loss"), b.get("val_loss"));
+    }
+    // Retention: two checkpoints kept.
+    let cks = std::fs::read_dir(dir.path().join("out/checkpoints"))
+        .unwrap()
+        .count();
+    assert_eq!(cks, 2);
+
+    // The adapter is in PEFT's layout, with the tokenizer and template beside it.
+    let ad = dir.path().join("out/adapter");
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    ] {
+        assert!(ad.join(f).is_file(), "{f} missing");
+    }
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(ad.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["r"], 4);
+    let bytes = std::fs::read(ad.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let a = st
+        .tensor("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight")
+        .unwrap();
+    let b = st
+        .tensor("base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight")
+        .unwrap();
+    assert_eq!(a.shape(), &[4, 576]);
+    assert_eq!(b.shape(), &[192, 4]);
+    assert_eq!(st.names().len(), 30 * 2 * 2);
+}
+
+#[test]
+fn data_preview_marks_only_the_assistant_answer_as_trained() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = setup(dir.path(), "");
+    let out = cli_ok(cli().args(["data", "preview", "-n", "1"]).arg(&recipe));
+    assert!(
+        out.contains("<|im_start|>assistant\n⟦stone, river<|im_end|>⟧"),
+        "{out}"
+    );
+    assert_eq!(out.matches('⟦').count(), 1, "{out}");
+    let all = std::fs::read_to_string(&recipe)
+        .unwrap()
+        .replace("sequence_len", "train_on_inputs = true\nsequence_len");
+    std::fs::write(&recipe, all).unwrap();
+    let out = cli_ok(cli().args(["data", "preview", "-n", "1"]).arg(&recipe));
+    assert!(
+        out.starts_with("==") && out.contains("⟦<|im_start|>system"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_dry_run_prints_the_plan_without_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = setup(dir.path(), "lora_target_modules = \"all-linear\"");
+    let out = cli_ok(cli().args(["train", "--dry-run"]).arg(&recipe));
+    let plan: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plan["total_steps"], 4);
+    assert_eq!(plan["adapted_modules"], 210);
+    assert_eq!(plan["train"]["samples"], 20);
+    assert!(!dir.path().join("out/metrics.jsonl").exists());
+}
+
+#[test]
+fn bad_recipes_and_rows_name_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = setup(dir.path(), "lora_rank = 4");
+    let err = |recipe: &Path| {
+        let out = cli()
+            .args(["train", "--dry-run"])
+            .arg(recipe)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let e = err(&recipe);
+    assert!(
+        e.contains("recipe.toml") && e.contains("lora_rank") && e.contains("line 15"),
+        "{e}"
+    );
+
+    let recipe = setup(dir.path(), "learning_rate_typo = 1");
+    let text = std::fs::read_to_string(&recipe)
+        .unwrap()
+        .replace("learning_rate_typo = 1\n", "")
+        .replace("lora_dropout = 0.1", "lora_dropout = 2.0");
+    std::fs::write(&recipe, text).unwrap();
+    let e = err(&recipe);
+    assert!(e.contains("recipe.toml:4: `lora_dropout`"), "{e}");
+
+    let recipe = setup(dir.path(), "");
+    let mut data = std::fs::read_to_string(dir.path().join("data.jsonl")).unwrap();
+    data.push_str("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n");
+    std::fs::write(dir.path().join("data.jsonl"), &data).unwrap();
+    let e = err(&recipe);
+    assert!(
+        e.contains("data.jsonl:25") && e.contains("no assistant turn"),
+        "{e}"
+    );
+    data.push_str("{not json\n");
+    std::fs::write(dir.path().join("data.jsonl"), &data).unwrap();
+    let e = err(&recipe);
+    assert!(
+        e.contains("data.jsonl:26") && e.contains("not valid JSON"),
+        "{e}"
+    );
+}
