@@ -232,12 +232,8 @@ impl LoadedRecipe {
     }
 
     pub fn output_dir(&self) -> PathBuf {
-        let o = &self.recipe.output_dir;
-        if o.is_absolute() {
-            o.clone()
-        } else {
-            o.clone()
-        }
+        // Relative to the working directory, as in Axolotl (runs/ sits at the repository root).
+        self.recipe.output_dir.clone()
     }
 
     /// The line a key is written on (1 when the key is absent and its default is at fault).
