@@ -197,3 +197,63 @@ fn bad_recipes_and_rows_name_the_file_and_line() {
         "{e}"
     );
 }
+
+/// The same rows as CSV (Alpaca columns), Parquet (prompt/completion), JSON (an array) and text.
+#[test]
+fn every_file_format_and_row_format_renders_through_the_template() {
+    use polars::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("alpaca.csv"),
+        "instruction,input,output\nReverse the words,\"red, blue\",\"blue, red\"\nSay hi,,hi\n",
+    )
+    .unwrap();
+    let mut df = df!(
+        "question" => ["2 + 2?", "3 + 3?"],
+        "answer" => ["4", "6"],
+    )
+    .unwrap();
+    let f = std::fs::File::create(d.join("pc.parquet")).unwrap();
+    ParquetWriter::new(f).finish(&mut df).unwrap();
+    std::fs::write(d.join("text.json"), r#"[{"text": "Once upon a time."}]"#).unwrap();
+    let recipe = d.join("r.toml");
+    std::fs::write(
+        &recipe,
+        "output_dir = \"out\"\n\
+         [[datasets]]\npath = \"alpaca.csv\"\ntype = \"alpaca\"\n\
+         [[datasets]]\npath = \"pc.parquet\"\ntype = \"prompt_completion\"\nfield_prompt = \"question\"\nfield_completion = \"answer\"\n\
+         [[datasets]]\npath = \"text.json\"\ntype = \"text\"\n",
+    )
+    .unwrap();
+    let out = cli_ok(cli().args(["data", "preview", "-n", "2"]).arg(&recipe));
+    assert!(
+        out.contains("Reverse the words\n\nred, blue<|im_end|>"),
+        "{out}"
+    );
+    assert!(out.contains("assistant\n⟦blue, red<|im_end|>⟧"), "{out}");
+    assert!(
+        out.contains("-- line 3:"),
+        "CSV rows are numbered by line: {out}"
+    );
+    assert!(
+        out.contains("user\n3 + 3?<|im_end|>") && out.contains("⟦6<|im_end|>⟧"),
+        "{out}"
+    );
+    assert!(out.contains("⟦Once upon a time.<|im_end|>⟧"), "{out}");
+
+    // A Parquet row with a null completion is reported by row.
+    let mut df = df!("question" => ["a?", "b?"], "answer" => [Some("x"), None::<&str>]).unwrap();
+    let f = std::fs::File::create(d.join("pc.parquet")).unwrap();
+    ParquetWriter::new(f).finish(&mut df).unwrap();
+    let o = cli()
+        .args(["data", "preview"])
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("pc.parquet:2") && e.contains("missing `answer`"),
+        "{e}"
+    );
+}
