@@ -127,3 +127,20 @@ fn generate_takes_an_adapter_and_bad_adapters_are_named() {
         "{e}"
     );
 }
+
+#[test]
+fn an_adapter_made_by_peft_loads_with_rslora_scaling() {
+    let (folder, _) = common::smollm2();
+    let text = std::fs::read_to_string(common::fixture("lora/peft_made/reference.json")).unwrap();
+    let reference: Value = serde_json::from_str(&text).unwrap();
+    let files = open_folder(folder, "smollm2")
+        .unwrap()
+        .with_adapter(&common::fixture("lora/peft_made/adapter"))
+        .unwrap();
+    let engine = engine_from_files(files, &common::cpu()).unwrap();
+    let gap = worst_gap(&engine, &reference);
+    eprintln!("PEFT-made rsLoRA adapter: max |Δ logprob| {gap:.2e}");
+    assert!(gap <= TOLERANCE, "PEFT-made adapter differs by {gap}");
+    let base = engine_from_files(open_folder(folder, "smollm2").unwrap(), &common::cpu()).unwrap();
+    assert!(worst_gap(&base, &reference) > 50.0 * TOLERANCE);
+}

@@ -257,3 +257,44 @@ fn every_file_format_and_row_format_renders_through_the_template() {
         "{e}"
     );
 }
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_says_how_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = setup(dir.path(), "");
+    let text = std::fs::read_to_string(&recipe)
+        .unwrap()
+        .replace("max_steps = 4", "max_steps = 400")
+        .replace("save_steps = 1", "save_steps = 1000");
+    std::fs::write(&recipe, text).unwrap();
+    let child = cli()
+        .args(["train"])
+        .arg(&recipe)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = dir.path().join("out/metrics.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(true, |t| t.lines().count() < 1) {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "training never logged a step"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("--resume"), "{err}");
+    let cks: Vec<_> = std::fs::read_dir(dir.path().join("out/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(cks.len(), 1, "{cks:?}");
+    assert!(cks[0].to_string_lossy().starts_with("step-"));
+}
