@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::ids;
 use serde_json::Value;
 use switchyard::runtime::engine_from_files;
 use switchyard::weights::resolve::open_folder;
@@ -12,16 +13,7 @@ use switchyard::weights::resolve::open_folder;
 const TOLERANCE: f32 = 2e-3;
 
 fn reference() -> Value {
-    let text = std::fs::read_to_string(common::fixture("lora/peft_reference.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    common::read_json("lora/peft_reference.json")
 }
 
 /// The largest |Δ logprob| over the reference's top-10 tokens at its positions.
@@ -131,8 +123,7 @@ fn generate_takes_an_adapter_and_bad_adapters_are_named() {
 #[test]
 fn an_adapter_made_by_peft_loads_with_rslora_scaling() {
     let (folder, _) = common::smollm2();
-    let text = std::fs::read_to_string(common::fixture("lora/peft_made/reference.json")).unwrap();
-    let reference: Value = serde_json::from_str(&text).unwrap();
+    let reference = common::read_json("lora/peft_made/reference.json");
     let files = open_folder(folder, "smollm2")
         .unwrap()
         .with_adapter(&common::fixture("lora/peft_made/adapter"))

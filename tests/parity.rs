@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::ids;
 use serde_json::Value;
 use switchyard::generate::{GenerateOptions, log_softmax};
 use switchyard::model::{CausalLm, ModelConfig};
@@ -15,14 +16,6 @@ const TOLERANCE: f32 = 2e-3;
 
 fn read(path: &std::path::Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 #[test]

@@ -57,3 +57,18 @@ pub fn cli_ok(cmd: &mut std::process::Command) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A JSON fixture.
+pub fn read_json(rel: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture(rel)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A JSON array of token ids.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
