@@ -298,3 +298,38 @@ fn ctrl_c_saves_a_checkpoint_and_says_how_to_resume() {
     assert_eq!(cks.len(), 1, "{cks:?}");
     assert!(cks[0].to_string_lossy().starts_with("step-"));
 }
+
+/// The training loss is the log-likelihood the parity-tested inference path gives.
+#[test]
+fn the_training_loss_is_the_models_negative_log_likelihood() {
+    use burn::prelude::*;
+    let (folder, _) = common::smollm2();
+    let files = switchyard::weights::resolve::open_folder(folder, "smollm2").unwrap();
+    let engine = switchyard::runtime::engine_from_files(files, &common::cpu()).unwrap();
+    let ids = engine
+        .tokenizer
+        .encode(
+            "The capital of France is Paris, and the capital of Italy is Rome.",
+            false,
+        )
+        .unwrap();
+    let n = ids.len();
+    let sample = switchyard::data::Sample {
+        ids: ids.clone(),
+        trained: vec![true; n],
+    };
+    let seq = vec![sample];
+    let hb = switchyard::data::HostBatch::new(&[&seq], 0, None);
+    let dev = common::cpu();
+    let batch = switchyard::model::Batch {
+        tokens: Tensor::from_data(TensorData::new(hb.ids.clone(), [1, n]), &dev),
+        positions: Tensor::from_data(TensorData::new(hb.positions.clone(), [1, n]), &dev),
+        mask: Tensor::from_data(TensorData::new(hb.mask.clone(), [1, 1, n, n]), &dev),
+    };
+    let at = Tensor::from_data(TensorData::new(hb.predict_at.clone(), [n - 1]), &dev);
+    let labels = Tensor::from_data(TensorData::new(hb.labels.clone(), [n - 1]), &dev);
+    let nll: f32 = engine.model.nll_sum(batch, at, labels).into_scalar();
+    let logprobs = engine.next_token_logprobs(&ids, n);
+    let want: f32 = (0..n - 1).map(|t| -logprobs[t][ids[t + 1] as usize]).sum();
+    assert!((nll - want).abs() < 1e-3 * want.abs(), "{nll} vs {want}");
+}

@@ -216,9 +216,17 @@ impl CausalLm {
         let h = hidden.dims()[2];
         let n = predict_at.dims()[0];
         let picked = hidden.reshape([b * s, h]).select(0, predict_at);
-        let logits = self.logits(picked.reshape([1, n, h]));
-        let logp = burn::tensor::activation::log_softmax(logits, 2);
-        logp.gather(2, labels.reshape([1, n, 1])).sum().neg()
+        // Logits laid out [n, vocab] contiguously, so the softmax reads rows in order (the
+        // inference path's E·hᵀ leaves them transposed, which costs a copy per use here).
+        let logits = match &self.lm_head {
+            Some(head) => project(head, picked.reshape([1, n, h])).reshape([n, 0]),
+            None => picked.matmul(self.embed_tokens.val().transpose()),
+        };
+        // NLL = logsumexp(z) - z[label], without materialising the whole log-softmax.
+        let max = logits.clone().max_dim(1).detach();
+        let lse = (logits.clone() - max.clone()).exp().sum_dim(1).log() + max;
+        let picked_logit = logits.gather(1, labels.reshape([n, 1]));
+        (lse - picked_logit).sum()
     }
 
     /// Logits `[n, vocab]` of the last `last_n` positions of one sequence, from an empty cache.
