@@ -75,6 +75,10 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         &out.join("summary.json"),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
+    let mut df = eval::cases_frame(&cases, &summary)?;
+    let mut buf = Vec::new();
+    polars::prelude::ParquetWriter::new(&mut buf).finish(&mut df)?;
+    write_atomic(&out.join("cases.parquet"), &buf)?;
     println!(
         "{}: {} · {}/{} passed = {:.1}% (95% CI {:.1}–{:.1}%) · mean score {:.3} · {}",
         summary.suite,

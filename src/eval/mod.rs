@@ -272,3 +272,26 @@ pub fn run_local(
     };
     Ok((results, summary))
 }
+
+/// Per-case results as a DataFrame (one row per case), for Parquet and analysis.
+pub fn cases_frame(
+    cases: &[CaseResult],
+    summary: &Summary,
+) -> polars::prelude::PolarsResult<polars::prelude::DataFrame> {
+    use polars::prelude::*;
+    let n = cases.len();
+    df!(
+        "suite" => vec![summary.suite.as_str(); n],
+        "target" => vec![summary.target.as_str(); n],
+        "line" => cases.iter().map(|c| c.line as u64).collect::<Vec<_>>(),
+        "prompt" => cases.iter().map(|c| c.prompt.last().map(|m| m.content.clone()).unwrap_or_default()).collect::<Vec<_>>(),
+        "output" => cases.iter().map(|c| c.output.clone()).collect::<Vec<_>>(),
+        "reference" => cases.iter().map(|c| c.reference.clone()).collect::<Vec<_>>(),
+        "score" => cases.iter().map(|c| c.score).collect::<Vec<_>>(),
+        "pass" => cases.iter().map(|c| c.pass).collect::<Vec<_>>(),
+        "reason" => cases.iter().map(|c| c.verdicts.iter().filter_map(|v| v.reason.clone()).collect::<Vec<_>>().join("; ")).collect::<Vec<_>>(),
+        "prompt_tokens" => cases.iter().map(|c| c.prompt_tokens as u64).collect::<Vec<_>>(),
+        "completion_tokens" => cases.iter().map(|c| c.completion_tokens as u64).collect::<Vec<_>>(),
+        "latency_s" => cases.iter().map(|c| c.latency_s).collect::<Vec<_>>(),
+    )
+}
