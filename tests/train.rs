@@ -333,3 +333,48 @@ fn the_training_loss_is_the_models_negative_log_likelihood() {
     let want: f32 = (0..n - 1).map(|t| -logprobs[t][ids[t + 1] as usize]).sum();
     assert!((nll - want).abs() < 1e-3 * want.abs(), "{nll} vs {want}");
 }
+
+/// Early stopping stops at the first evaluation that is not better than the best one before it
+/// (patience 1), and not before. A reckless learning rate makes such an evaluation come soon.
+#[test]
+fn early_stopping_stops_at_the_first_evaluation_without_improvement() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = setup(dir.path(), "early_stopping_patience = 1");
+    let text = std::fs::read_to_string(&recipe)
+        .unwrap()
+        .replace("max_steps = 4", "max_steps = 8")
+        .replace("eval_steps = 2", "eval_steps = 1")
+        .replace(
+            "learning_rate = 2e-3",
+            "learning_rate = 0.5\nlr_scheduler = \"constant\"",
+        );
+    std::fs::write(&recipe, text).unwrap();
+    cli_ok(cli().args(["train"]).arg(&recipe));
+    let vals: Vec<f64> = metrics(dir.path())
+        .iter()
+        .map(|m| m["val_loss"].as_f64().unwrap())
+        .collect();
+    let stop = (1..vals.len())
+        .find(|&i| vals[i] >= vals[..i].iter().cloned().fold(f64::INFINITY, f64::min));
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out/summary.json")).unwrap(),
+    )
+    .unwrap();
+    let stopped = summary["outcome"]["early_stopped"].as_bool().unwrap();
+    match stop {
+        Some(i) => {
+            assert!(stopped, "{vals:?}");
+            assert_eq!(
+                vals.len(),
+                i + 1,
+                "should stop right after evaluation {}: {vals:?}",
+                i + 1
+            );
+        }
+        None => assert!(!stopped && vals.len() == 8, "{vals:?}"),
+    }
+    assert!(
+        stop.is_some(),
+        "lr 0.5 should make some evaluation worse: {vals:?}"
+    );
+}
