@@ -154,13 +154,7 @@ pub fn prepare(recipe: LoadedRecipe) -> Result<Prepared, TrainError> {
             detail: "matches no projection of the model".into(),
         }));
     }
-    let base_params = files
-        .source
-        .names()
-        .iter()
-        .filter_map(|n| files.source.get(n).ok().flatten())
-        .map(|t| t.data.len())
-        .sum();
+    let base_params = parameter_count(cfg);
     let plan = Plan {
         model: files.origin.clone(),
         val_samples: val.len(),
@@ -182,6 +176,25 @@ pub fn prepare(recipe: LoadedRecipe) -> Result<Prepared, TrainError> {
         val,
         plan,
     })
+}
+
+/// Parameters of the base model, from the config alone (reading the weights would dequantise
+/// a whole GGUF just to count them).
+fn parameter_count(cfg: &crate::model::ResolvedConfig) -> usize {
+    let (h, q, kv) = (
+        cfg.hidden,
+        cfg.heads * cfg.head_dim,
+        cfg.kv_heads * cfg.head_dim,
+    );
+    let projections: usize = projection_shapes(cfg).iter().map(|(_, [i, o])| i * o).sum();
+    let per_layer_bias = if cfg.qkv_bias { q + 2 * kv } else { 0 }
+        + if cfg.mlp_bias {
+            2 * cfg.intermediate + h
+        } else {
+            0
+        };
+    let heads = if cfg.tied_embeddings { 1 } else { 2 };
+    projections + cfg.layers * (per_layer_bias + 2 * h) + h + heads * cfg.vocab * h
 }
 
 /// Module names and `[in, out]` of every projection, from the config alone.

@@ -175,7 +175,10 @@ impl PeftAdapter {
                     "tensor `{name}` is not a LoRA factor (expected `{PREFIX}<module>.lora_A.weight` or `.lora_B.weight`)"
                 ),
             })?;
-            let t = src.get(&name)?.expect("listed tensor");
+            let t = src.get(&name)?.ok_or_else(|| WeightsError::MissingTensor {
+                path: weights.clone(),
+                name: name.clone(),
+            })?;
             if t.shape.len() != 2 {
                 return Err(WeightsError::Format {
                     path: weights.clone(),
@@ -293,32 +296,22 @@ pub struct MergedSource {
 }
 
 impl MergedSource {
-    /// Check that every adapted module exists in `base` with matching shapes.
+    /// Check that every adapted module exists in `base`; shapes are checked as tensors are read
+    /// (reading them here would read every adapted weight twice).
     pub fn new(
         base: Box<dyn WeightSource>,
         adapter: PeftAdapter,
         adapter_dir: &Path,
     ) -> Result<Self, WeightsError> {
         let origin = adapter_dir.join(WEIGHTS_FILE);
-        for (module, p) in &adapter.pairs {
-            let name = format!("{module}.weight");
-            if !base.names().contains(&name) {
+        let names = base.names();
+        for module in adapter.pairs.keys() {
+            if !names.contains(&format!("{module}.weight")) {
                 return Err(WeightsError::Format {
                     path: origin.clone(),
                     detail: format!(
                         "adapts `{module}`, which the base model {} does not have",
                         base.origin().display()
-                    ),
-                });
-            }
-            let w = base.get(&name)?.expect("listed");
-            let want = [w.shape[0], w.shape[1]];
-            if p.b.shape[0] != want[0] || p.a.shape[1] != want[1] {
-                return Err(WeightsError::Format {
-                    path: origin.clone(),
-                    detail: format!(
-                        "`{module}`: lora_A {:?} and lora_B {:?} do not fit the base weight {:?}",
-                        p.a.shape, p.b.shape, w.shape
                     ),
                 });
             }
@@ -347,6 +340,16 @@ impl WeightSource for MergedSource {
         if let Some(module) = name.strip_suffix(".weight")
             && let Some(pair) = self.adapter.pairs.get(module)
         {
+            if t.shape.len() != 2 || pair.b.shape[0] != t.shape[0] || pair.a.shape[1] != t.shape[1]
+            {
+                return Err(WeightsError::Format {
+                    path: self.origin.clone(),
+                    detail: format!(
+                        "`{module}`: lora_A {:?} and lora_B {:?} do not fit the base weight {:?}",
+                        pair.a.shape, pair.b.shape, t.shape
+                    ),
+                });
+            }
             merge_into(&mut t, pair, self.adapter.scale_of(pair));
         }
         Ok(Some(t))
