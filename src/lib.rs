@@ -7,6 +7,7 @@ pub mod data;
 pub mod eval;
 pub mod generate;
 pub mod model;
+pub mod providers;
 pub mod runtime;
 pub mod tokenize;
 pub mod train;

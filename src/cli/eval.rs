@@ -1,60 +1,61 @@
-//! `switchyard eval SUITE`: run a suite on a local model (optionally with a LoRA adapter), write
-//! per-case results and a summary with a 95% confidence interval.
+//! `switchyard eval SUITE... [--target NAME]...`: ask every case of the suites of every target
+//! (the local model, hosted providers), score, and write results, summary and comparisons.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use anyhow::{Context, bail};
 use clap::Args;
-use switchyard::eval::{self, Suite};
-use switchyard::weights::write_atomic;
+use switchyard::eval::{RunOptions, Suite, runner};
+use switchyard::providers::cache::ResponseCache;
+use switchyard::providers::target::TargetsFile;
+use switchyard::providers::{Target, TargetSpec};
 
 use super::ModelArgs;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// The suite (TOML), e.g. evals/word-reversal.toml.
-    suite: PathBuf,
+    /// Suites (TOML), e.g. evals/mmlu.toml.
+    #[arg(required = true)]
+    suites: Vec<PathBuf>,
+    /// Targets to ask: names from the targets file, `local` (the model given by --model and
+    /// --adapter), or PRESET:MODEL (e.g. llamacpp:smollm2). Repeat for several. Default: local.
+    #[arg(long = "target", short = 't')]
+    targets: Vec<String>,
+    /// The targets file (`[[targets]]`). Default: evals/targets.toml when it exists.
+    #[arg(long)]
+    targets_file: Option<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
-    /// Cases generated together.
+    /// `local`: cases generated together.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
-    /// Use only the first N cases.
+    /// Use only the first N cases of each suite.
     #[arg(long)]
     limit: Option<usize>,
-    /// Where results go (default: runs/eval/<suite>-<target>).
+    /// Ask each case N times (overrides the suites' `repeats`).
+    #[arg(long)]
+    repeats: Option<u32>,
+    /// The run's folder (default: runs/eval/<suites>). A folder with results resumes.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// A name for the target in results (default: the model and adapter).
+    /// Start over: forget the results already in the run's folder.
+    #[arg(long)]
+    fresh: bool,
+    /// Send every request, and store no answers (the cache is otherwise always used).
+    #[arg(long)]
+    no_cache: bool,
+    /// The response cache (default: $SWITCHYARD_HOME/cache/responses).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// A name for the `local` target in results (default: `local`).
     #[arg(long)]
     name: Option<String>,
 }
 
-pub fn run(a: EvalArgs) -> anyhow::Result<()> {
-    let (mut suite, data) = Suite::load(&a.suite)?;
-    if let Some(n) = a.limit {
-        suite.limit = Some(n);
-    }
-    let engine = a.model.load()?;
-    let target = a.name.clone().unwrap_or_else(|| {
-        let m = a
-            .model
-            .model
-            .clone()
-            .unwrap_or_else(|| "SmolLM2-135M-Instruct".into());
-        match &a.model.adapter {
-            Some(ad) => format!("{m}+{}", ad.display()),
-            None => m,
-        }
-    });
-    let bar = super::convert::progress_bar(0, &format!("eval {}", suite.name));
-    let (cases, summary) =
-        eval::run_local(&suite, &data, &engine, &target, a.batch_size, |i, n| {
-            bar.set_length(n as u64);
-            bar.set_position(i as u64);
-        })?;
-    bar.finish_and_clear();
-    let slug: String = target
-        .chars()
+fn slug(s: &str) -> String {
+    s.chars()
         .map(|c| {
             if c.is_alphanumeric() || c == '-' {
                 c
@@ -62,34 +63,223 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
                 '_'
             }
         })
-        .collect();
-    let out = a
-        .out
-        .unwrap_or_else(|| PathBuf::from("runs/eval").join(format!("{}-{slug}", suite.name)));
-    let lines: String = cases
+        .collect()
+}
+
+/// The specs of the named targets (and of every judge a suite names).
+fn specs(a: &EvalArgs, suites: &[Suite]) -> anyhow::Result<(Vec<TargetSpec>, Vec<TargetSpec>)> {
+    let file = a.targets_file.clone().or_else(|| {
+        let d = PathBuf::from("evals/targets.toml");
+        d.exists().then_some(d)
+    });
+    let defined = match &file {
+        Some(f) => TargetsFile::load(f)?,
+        None => Vec::new(),
+    };
+    let local_name = a.name.clone().unwrap_or_else(|| "local".into());
+    let find = |name: &str| -> anyhow::Result<TargetSpec> {
+        if let Some(t) = defined.iter().find(|t| t.name == name) {
+            return Ok(t.clone());
+        }
+        if name == local_name {
+            let mut t = TargetSpec::local(name, a.model.model.clone(), a.model.adapter.clone());
+            t.batch_size = Some(a.batch_size);
+            t.device = Some(a.model.device);
+            t.threads = a.model.threads;
+            return Ok(t);
+        }
+        if let Some(t) = TargetSpec::parse_quick(name) {
+            return Ok(t);
+        }
+        let known: Vec<&str> = defined.iter().map(|t| t.name.as_str()).collect();
+        bail!(
+            "unknown target `{name}`: not in {} ({}), not `{local_name}`, not PRESET:MODEL",
+            file.as_deref()
+                .map_or("a targets file".into(), |f| f.display().to_string()),
+            if known.is_empty() {
+                "none defined".into()
+            } else {
+                known.join(", ")
+            }
+        )
+    };
+    let names = if a.targets.is_empty() {
+        vec![local_name.clone()]
+    } else {
+        a.targets.clone()
+    };
+    let mut targets = Vec::new();
+    for n in &names {
+        if targets.iter().any(|t: &TargetSpec| &t.name == n) {
+            bail!("target `{n}` is listed twice");
+        }
+        targets.push(find(n)?);
+    }
+    let mut judges = Vec::new();
+    for s in suites {
+        for sc in &s.scorers {
+            if let Some(j) = &sc.spec.target
+                && !judges.iter().any(|t: &TargetSpec| &t.name == j)
+            {
+                judges.push(find(j).with_context(|| format!("{}: judge", s.path.display()))?);
+            }
+        }
+    }
+    Ok((targets, judges))
+}
+
+pub fn run(a: EvalArgs) -> anyhow::Result<()> {
+    let mut suites = Vec::new();
+    for p in &a.suites {
+        let mut s = Suite::load(p)?;
+        if let Some(n) = a.limit {
+            s.cases.truncate(n);
+        }
+        if suites.iter().any(|x: &Suite| x.name() == s.name()) {
+            bail!("two suites are named `{}`", s.name());
+        }
+        suites.push(s);
+    }
+    let (target_specs, judge_specs) = specs(&a, &suites)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let _guard = rt.enter();
+    let mut built: BTreeMap<String, Arc<Target>> = BTreeMap::new();
+    for spec in target_specs.iter().chain(&judge_specs) {
+        if !built.contains_key(&spec.name) {
+            eprintln!("target {}: {}", spec.name, describe(spec));
+            built.insert(spec.name.clone(), Arc::new(Target::build(spec.clone())?));
+        }
+    }
+    let targets: Vec<Arc<Target>> = target_specs
         .iter()
-        .map(|c| serde_json::to_string(c).map(|s| s + "\n"))
-        .collect::<Result<_, _>>()?;
-    write_atomic(&out.join("cases.jsonl"), lines.as_bytes())?;
-    write_atomic(
-        &out.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
-    let mut df = eval::cases_frame(&cases, &summary)?;
-    let mut buf = Vec::new();
-    polars::prelude::ParquetWriter::new(&mut buf).finish(&mut df)?;
-    write_atomic(&out.join("cases.parquet"), &buf)?;
-    println!(
-        "{}: {} · {}/{} passed = {:.1}% (95% CI {:.1}–{:.1}%) · mean score {:.3} · {}",
-        summary.suite,
-        summary.target,
-        summary.passed,
-        summary.cases,
-        100.0 * summary.pass_rate,
-        100.0 * summary.ci95.0,
-        100.0 * summary.ci95.1,
-        summary.mean_score,
-        out.display()
-    );
+        .map(|s| built[&s.name].clone())
+        .collect();
+    let judges: BTreeMap<String, Arc<Target>> = judge_specs
+        .iter()
+        .map(|s| (s.name.clone(), built[&s.name].clone()))
+        .collect();
+    let out = a.out.clone().unwrap_or_else(|| {
+        let names: Vec<String> = suites.iter().map(|s| slug(s.name())).collect();
+        PathBuf::from("runs/eval").join(names.join("+"))
+    });
+    let opts = RunOptions {
+        out,
+        cache: (!a.no_cache).then(|| {
+            ResponseCache::new(
+                a.cache_dir
+                    .clone()
+                    .unwrap_or_else(ResponseCache::default_dir),
+            )
+        }),
+        fresh: a.fresh,
+        repeats: a.repeats,
+        progress: true,
+    };
+    let report = rt.block_on(runner::run(&suites, &targets, &judges, &opts))?;
+    print_report(&report);
+    if report.interrupted {
+        eprintln!("interrupted: run the same command again to resume");
+        std::process::exit(130);
+    }
     Ok(())
+}
+
+fn describe(t: &TargetSpec) -> String {
+    match t.provider.as_str() {
+        "local" => format!(
+            "local model {}{}",
+            t.model
+                .as_deref()
+                .unwrap_or("SmolLM2-135M-Instruct (default)"),
+            t.adapter
+                .as_deref()
+                .map(|p| format!(" + adapter {}", p.display()))
+                .unwrap_or_default()
+        ),
+        p => format!("{p} · {}", t.model.as_deref().unwrap_or("?")),
+    }
+}
+
+fn secs(v: Option<f64>) -> String {
+    v.map_or("-".into(), |s| {
+        if s < 1.0 {
+            format!("{:.0} ms", s * 1000.0)
+        } else {
+            format!("{s:.2} s")
+        }
+    })
+}
+
+fn print_report(r: &switchyard::eval::RunReport) {
+    println!(
+        "{} rows ({} resumed) · {} requests sent · {} from cache · {} errors · {:.1} s · {}",
+        r.jobs,
+        r.resumed,
+        r.requests,
+        r.cache_hits,
+        r.errors,
+        r.wall_s,
+        r.out.display()
+    );
+    println!(
+        "{:<18} {:<14} {:<22} {:>5} {:>23} {:>9} {:>9} {:>10} {:>6}",
+        "suite",
+        "tag",
+        "target",
+        "n",
+        "score (95% CI)",
+        "p50 lat",
+        "p50 ttft",
+        "$/1k req",
+        "errors"
+    );
+    for s in r.summary.iter() {
+        println!(
+            "{:<18} {:<14} {:<22} {:>5} {:>23} {:>9} {:>9} {:>10} {:>6}",
+            clip(&s.suite, 18),
+            clip(&s.tag, 14),
+            clip(&s.target, 22),
+            s.cases,
+            format!(
+                "{:.1}% ({:.1}–{:.1})",
+                100.0 * s.mean_score,
+                100.0 * s.ci_low,
+                100.0 * s.ci_high
+            ),
+            secs(s.latency_p50_s),
+            secs(s.ttft_p50_s),
+            s.cost_per_1k_requests_usd
+                .map_or("-".into(), |c| format!("{c:.4}")),
+            s.errors
+        );
+    }
+    for c in r.comparisons.iter().filter(|c| c.tag == "all") {
+        println!(
+            "{}: {} − {} = {:+.1} points (95% CI {:+.1} to {:+.1}) over {} cases{}",
+            c.suite,
+            c.a,
+            c.b,
+            100.0 * c.paired.diff,
+            100.0 * c.paired.ci_low,
+            100.0 * c.paired.ci_high,
+            c.paired.n,
+            c.paired
+                .mcnemar_p
+                .map(|p| format!(", McNemar p = {p:.3}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut c: String = s.chars().take(n - 1).collect();
+        c.push('…');
+        c
+    }
 }

@@ -1,0 +1,492 @@
+//! The eval runner: every case × target × repeat, concurrently per target (its own limit on
+//! requests in flight, rate limits and retries), answers from the response cache when it has them,
+//! results streamed to `results.jsonl` one line at a time so that memory stays flat and a killed
+//! run resumes where it stopped. At the end: Parquet, summary, comparisons.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::EvalError;
+use super::results::{self, Comparison, ResultRow, SummaryRow, job_key};
+use super::scorers::{self, ScorerKind, Verdict};
+use super::suite::{Case, Suite};
+use crate::providers::cache::ResponseCache;
+use crate::providers::retry::{self, Outcome};
+use crate::providers::{ChatRequest, ChatResponse, Target};
+
+pub struct RunOptions {
+    /// The run's folder: results.jsonl (streamed), results.parquet, summary.*, comparisons.*, run.json.
+    pub out: PathBuf,
+    /// None: `--no-cache` (every request is sent, and answers are not stored).
+    pub cache: Option<ResponseCache>,
+    /// Start over instead of resuming the rows already in `out`.
+    pub fresh: bool,
+    /// Override every suite's `repeats`.
+    pub repeats: Option<u32>,
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub out: PathBuf,
+    /// Case × target × repeat rows the run covers.
+    pub jobs: usize,
+    /// Rows already done by an earlier run of the same folder.
+    pub resumed: usize,
+    /// Requests sent to providers (retries included; judges included).
+    pub requests: usize,
+    /// Answers taken from the response cache.
+    pub cache_hits: usize,
+    pub errors: usize,
+    pub interrupted: bool,
+    pub wall_s: f64,
+    pub summary: Vec<SummaryRow>,
+    pub comparisons: Vec<Comparison>,
+}
+
+struct Ctx {
+    run_id: String,
+    cache: Option<ResponseCache>,
+    judges: BTreeMap<String, (Arc<Target>, Value)>,
+    requests: AtomicUsize,
+    hits: AtomicUsize,
+    cancel: Arc<AtomicBool>,
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl Ctx {
+    /// An answer: from the cache, or from the provider (then cached).
+    async fn ask(
+        &self,
+        t: &Target,
+        identity: &Value,
+        req: &ChatRequest,
+        repeat: u32,
+    ) -> (Outcome, bool) {
+        let key = ResponseCache::key(identity, req, repeat);
+        if let Some(r) = self.cache.as_ref().and_then(|c| c.get(&key)) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return (
+                Outcome {
+                    result: Ok(r),
+                    attempts: 0,
+                    waited_s: 0.0,
+                },
+                true,
+            );
+        }
+        let out = {
+            let _slot = t.slots.acquire().await.expect("semaphore stays open");
+            retry::send(t.provider.as_ref(), req, &t.limiter, &t.retry).await
+        };
+        self.requests
+            .fetch_add(out.attempts as usize, Ordering::Relaxed);
+        if let (Ok(r), Some(c)) = (&out.result, &self.cache)
+            && let Err(e) = c.put(&key, r)
+        {
+            tracing::warn!("response cache {}: {e}", c.dir().display());
+        }
+        (out, false)
+    }
+
+    async fn judge(
+        &self,
+        name: &str,
+        rubric: &str,
+        case: &Case,
+        output: &str,
+    ) -> Result<Verdict, String> {
+        let (t, identity) = self
+            .judges
+            .get(name)
+            .ok_or_else(|| format!("judge target `{name}` is not defined"))?;
+        let question = case
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map_or("", |m| m.content.as_str());
+        let req = ChatRequest {
+            messages: scorers::judge_messages(rubric, question, output, case.reference.as_deref()),
+            max_tokens: 512,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: Some(0),
+            stop: Vec::new(),
+        };
+        let (out, _) = self.ask(t, identity, &req, 0).await;
+        out.result
+            .map(|r| scorers::judge_verdict(&r.text))
+            .map_err(|e| format!("judge `{name}`: {e}"))
+    }
+
+    async fn job(
+        &self,
+        suite: &Suite,
+        case: &Case,
+        t: &Target,
+        identity: &Value,
+        repeat: u32,
+    ) -> ResultRow {
+        let req = suite.request(case, repeat);
+        let (out, cached) = self.ask(t, identity, &req, repeat).await;
+        let mut row = ResultRow {
+            run_id: self.run_id.clone(),
+            suite: suite.name().to_string(),
+            case_id: case.id.clone(),
+            line: case.line as u64,
+            tags: case.tags.join(","),
+            target: t.spec.name.clone(),
+            provider: t.spec.provider.clone(),
+            model: t.spec.model.clone(),
+            repeat,
+            seed: req.seed,
+            prompt_hash: case.prompt_hash.clone(),
+            prompt: serde_json::to_string(&case.messages).unwrap_or_default(),
+            output: None,
+            reference: case.reference.clone(),
+            score: None,
+            pass: None,
+            verdicts: "[]".into(),
+            reason: None,
+            latency_s: None,
+            ttft_s: None,
+            output_tok_s: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            cost_usd: None,
+            finish_reason: None,
+            error: None,
+            attempts: out.attempts,
+            cached,
+            finished_at: 0.0,
+        };
+        match out.result {
+            Err(e) => {
+                row.error = Some(e.to_string());
+                row.reason = Some(format!(
+                    "request failed after {} attempt(s): {e}",
+                    out.attempts
+                ));
+            }
+            Ok(resp) => self.score(suite, case, t, resp, &mut row).await,
+        }
+        row.finished_at = now();
+        row
+    }
+
+    async fn score(
+        &self,
+        suite: &Suite,
+        case: &Case,
+        t: &Target,
+        resp: ChatResponse,
+        row: &mut ResultRow,
+    ) {
+        let mut verdicts = Vec::with_capacity(suite.scorers.len());
+        for s in &suite.scorers {
+            let v = if s.spec.kind == ScorerKind::Judge {
+                let (name, rubric) = (
+                    s.spec.target.as_deref().unwrap_or(""),
+                    s.spec.rubric.as_deref().unwrap_or(""),
+                );
+                match self.judge(name, rubric, case, &resp.text).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        row.error = Some(e.clone());
+                        Verdict {
+                            scorer: "judge".into(),
+                            score: 0.0,
+                            extracted: None,
+                            reason: Some(e),
+                        }
+                    }
+                }
+            } else {
+                s.score(&resp.text, case.reference.as_deref())
+            };
+            verdicts.push(v);
+        }
+        let total: f64 = suite.scorers.iter().map(|s| s.spec.weight).sum();
+        let score = suite
+            .scorers
+            .iter()
+            .zip(&verdicts)
+            .map(|(s, v)| s.spec.weight * v.score)
+            .sum::<f64>()
+            / total.max(f64::MIN_POSITIVE);
+        let reasons: Vec<String> = verdicts
+            .iter()
+            .filter_map(|v| v.reason.as_ref().map(|r| format!("{}: {r}", v.scorer)))
+            .collect();
+        row.score = Some(score);
+        row.pass = Some(score >= suite.pass_threshold() - 1e-9);
+        row.reason = (!reasons.is_empty()).then(|| reasons.join("; "));
+        row.verdicts = serde_json::to_string(&verdicts).unwrap_or_default();
+        row.cost_usd = t.cost(&resp);
+        row.latency_s = Some(resp.latency_s);
+        row.ttft_s = resp.ttft_s;
+        row.output_tok_s = resp.output_tok_s();
+        row.prompt_tokens = resp.prompt_tokens;
+        row.completion_tokens = resp.completion_tokens;
+        row.finish_reason = resp.finish_reason;
+        if resp.model.is_some() {
+            row.model = resp.model;
+        }
+        row.output = Some(resp.text);
+    }
+}
+
+/// Keep the finished rows of an earlier run of this folder that this run also covers; drop failed
+/// rows (they are asked again) and a half-written last line. Returns the keys done.
+fn resume(
+    path: &Path,
+    wanted: &HashSet<String>,
+    fresh: bool,
+) -> Result<HashSet<String>, EvalError> {
+    if fresh {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(EvalError::io(path, e));
+            }
+            _ => return Ok(HashSet::new()),
+        }
+    }
+    let (rows, good_bytes) = results::read_rows(path)?;
+    let total = std::fs::metadata(path)
+        .map(|m| m.len() as usize)
+        .unwrap_or(0);
+    let mut done = HashSet::new();
+    let keep: Vec<&ResultRow> = rows
+        .iter()
+        .filter(|r| r.error.is_none() && wanted.contains(&r.key()) && done.insert(r.key()))
+        .collect();
+    if keep.len() != rows.len() || good_bytes != total {
+        let mut buf = Vec::new();
+        for r in &keep {
+            serde_json::to_writer(&mut buf, r).map_err(|e| EvalError::Other(e.to_string()))?;
+            buf.push(b'\n');
+        }
+        crate::weights::write_atomic(path, &buf).map_err(|e| EvalError::Other(e.to_string()))?;
+    }
+    Ok(done)
+}
+
+fn bar_for(mp: &MultiProgress, name: &str, len: usize, done: usize) -> ProgressBar {
+    let b = mp.add(ProgressBar::new(len as u64));
+    b.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>16} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    b.set_prefix(name.chars().take(16).collect::<String>());
+    b.set_position(done as u64);
+    b.reset_eta();
+    b
+}
+
+/// Run suites on targets. `judges` are the targets judge scorers may use (by name).
+pub async fn run(
+    suites: &[Suite],
+    targets: &[Arc<Target>],
+    judges: &BTreeMap<String, Arc<Target>>,
+    opts: &RunOptions,
+) -> Result<RunReport, EvalError> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&opts.out).map_err(|e| EvalError::io(&opts.out, e))?;
+    let results_path = opts.out.join("results.jsonl");
+    let repeats = |s: &Suite| opts.repeats.unwrap_or_else(|| s.repeats());
+
+    let mut wanted = HashSet::new();
+    for s in suites {
+        for c in &s.cases {
+            for t in targets {
+                for r in 0..repeats(s) {
+                    wanted.insert(job_key(s.name(), &c.id, &t.spec.name, r));
+                }
+            }
+        }
+    }
+    let done = resume(&results_path, &wanted, opts.fresh)?;
+    let run_id = format!("{:016x}", rand::random::<u64>());
+    write_run_json(&opts.out, &run_id, suites, targets, &repeats)?;
+
+    let ctx = Arc::new(Ctx {
+        run_id,
+        cache: opts.cache.clone(),
+        judges: judges
+            .iter()
+            .map(|(k, t)| (k.clone(), (t.clone(), t.provider.identity())))
+            .collect(),
+        requests: AtomicUsize::new(0),
+        hits: AtomicUsize::new(0),
+        cancel: Arc::new(AtomicBool::new(false)),
+    });
+    {
+        let cancel = ctx.cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!(
+                    "\ninterrupted: finishing the requests in flight; run the same command again to resume"
+                );
+                cancel.store(true, Ordering::SeqCst);
+            }
+        });
+    }
+
+    let mp = MultiProgress::with_draw_target(if opts.progress {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
+    let (tx, mut rx) = mpsc::channel::<ResultRow>(1024);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&results_path)
+        .map_err(|e| EvalError::io(&results_path, e))?;
+    let writer_path = results_path.clone();
+    let writer = tokio::task::spawn_blocking(move || -> Result<usize, EvalError> {
+        let mut f = std::io::BufWriter::new(file);
+        let mut errors = 0;
+        while let Some(row) = rx.blocking_recv() {
+            errors += row.error.is_some() as usize;
+            let mut line = serde_json::to_vec(&row).map_err(|e| EvalError::Other(e.to_string()))?;
+            line.push(b'\n');
+            // One write per row, flushed: a killed run loses at most the rows in flight.
+            f.write_all(&line)
+                .and_then(|_| f.flush())
+                .map_err(|e| EvalError::io(&writer_path, e))?;
+        }
+        Ok(errors)
+    });
+
+    let mut work = Vec::new();
+    for t in targets {
+        let mut jobs = Vec::new();
+        let mut total = 0;
+        for (si, s) in suites.iter().enumerate() {
+            for (ci, c) in s.cases.iter().enumerate() {
+                for r in 0..repeats(s) {
+                    total += 1;
+                    if !done.contains(&job_key(s.name(), &c.id, &t.spec.name, r)) {
+                        jobs.push((si, ci, r));
+                    }
+                }
+            }
+        }
+        let bar = bar_for(&mp, &t.spec.name, total, total - jobs.len());
+        let (ctx, t, tx) = (ctx.clone(), t.clone(), tx.clone());
+        let identity = t.provider.identity();
+        let width = t.concurrency;
+        work.push(async move {
+            let errors = AtomicUsize::new(0);
+            futures_util::stream::iter(jobs)
+                .map(|(si, ci, r)| {
+                    let (ctx, t, identity) = (&ctx, &t, &identity);
+                    async move {
+                        if ctx.cancel.load(Ordering::SeqCst) {
+                            return None;
+                        }
+                        Some(
+                            ctx.job(&suites[si], &suites[si].cases[ci], t, identity, r)
+                                .await,
+                        )
+                    }
+                })
+                .buffer_unordered(width)
+                .for_each(|row| {
+                    let (tx, bar, errors) = (&tx, &bar, &errors);
+                    async move {
+                        if let Some(row) = row {
+                            if row.error.is_some() {
+                                let n = errors.fetch_add(1, Ordering::Relaxed) + 1;
+                                bar.set_message(format!("{n} errors"));
+                            }
+                            bar.inc(1);
+                            let _ = tx.send(row).await;
+                        }
+                    }
+                })
+                .await;
+            bar.finish();
+        });
+    }
+    drop(tx);
+    futures_util::future::join_all(work).await;
+    let errors = writer
+        .await
+        .map_err(|e| EvalError::Other(format!("result writer: {e}")))??;
+    let _ = mp.clear();
+
+    let (rows, _) = results::read_rows(&results_path)?;
+    let summary = results::summarize(&rows);
+    let names: Vec<String> = targets.iter().map(|t| t.spec.name.clone()).collect();
+    let comparisons = results::compare(&rows, &names);
+    results::write_outputs(&opts.out, &rows, &summary, &comparisons)?;
+    Ok(RunReport {
+        out: opts.out.clone(),
+        jobs: wanted.len(),
+        resumed: done.len(),
+        requests: ctx.requests.load(Ordering::Relaxed),
+        cache_hits: ctx.hits.load(Ordering::Relaxed),
+        errors,
+        interrupted: ctx.cancel.load(Ordering::SeqCst),
+        wall_s: started.elapsed().as_secs_f64(),
+        summary,
+        comparisons,
+    })
+}
+
+/// `run.json`: what was run, with which targets (their settings, never secrets: API keys are
+/// named by variable, header values are left out).
+fn write_run_json(
+    out: &Path,
+    run_id: &str,
+    suites: &[Suite],
+    targets: &[Arc<Target>],
+    repeats: &dyn Fn(&Suite) -> u32,
+) -> Result<(), EvalError> {
+    let targets: Vec<Value> = targets
+        .iter()
+        .map(|t| {
+            let mut spec = serde_json::to_value(&t.spec).unwrap_or(Value::Null);
+            if let Some(h) = spec.get_mut("headers").and_then(Value::as_object_mut) {
+                for v in h.values_mut() {
+                    *v = json!("[not recorded]");
+                }
+            }
+            json!({ "spec": spec, "identity": t.provider.identity() })
+        })
+        .collect();
+    let v = json!({
+        "run_id": run_id,
+        "started_at": now(),
+        "switchyard": env!("CARGO_PKG_VERSION"),
+        "suites": suites.iter().map(|s| json!({
+            "name": s.name(), "path": s.path, "cases": s.cases.len(), "repeats": repeats(s),
+            "tags": s.file.tags, "generation": s.file.generation,
+        })).collect::<Vec<_>>(),
+        "targets": targets,
+    });
+    let bytes = serde_json::to_vec_pretty(&v).map_err(|e| EvalError::Other(e.to_string()))?;
+    crate::weights::write_atomic(&out.join("run.json"), &bytes)
+        .map_err(|e| EvalError::Other(e.to_string()))
+}

@@ -1,0 +1,312 @@
+//! Targets: a provider + model + settings, declared in TOML (`[[targets]]`), built into something
+//! the runner can call with its own concurrency, rate limits, retry policy and prices.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use super::http::{HttpProvider, HttpSettings};
+use super::limits::RateLimiter;
+use super::local::LocalProvider;
+use super::presets;
+use super::retry::RetryPolicy;
+use super::{ChatResponse, Provider, ProviderError};
+use crate::runtime::DeviceKind;
+
+fn yes() -> bool {
+    true
+}
+fn d_timeout() -> f64 {
+    120.0
+}
+fn d_retries() -> u32 {
+    5
+}
+
+/// One target as written in a targets file.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    /// The name results and routes use.
+    pub name: String,
+    /// `local` (the burn model in-process) or a preset: hf, together, fireworks, groq, mistral,
+    /// openrouter, openai, vllm, ollama, llamacpp, litellm, openai-compatible.
+    pub provider: String,
+    /// The model: a hosted model id, or for `local` a model spec (default: SmolLM2-135M-Instruct).
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The environment variable holding the API key (default: the preset's).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Extra fields merged into every request body.
+    #[serde(default)]
+    pub body: serde_json::Map<String, Value>,
+    /// Routing preferences: a provider or policy suffix for `hf`, a `provider` object for `openrouter`.
+    #[serde(default)]
+    pub routing: Option<Value>,
+    #[serde(default = "yes")]
+    pub stream: bool,
+    #[serde(default = "d_timeout")]
+    pub timeout_s: f64,
+    #[serde(default = "d_retries")]
+    pub max_retries: u32,
+    /// Requests in flight at once (default: 8 over HTTP; the batch size for `local`).
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    /// Requests per minute.
+    #[serde(default)]
+    pub rpm: Option<f64>,
+    /// Tokens (in + out) per minute.
+    #[serde(default)]
+    pub tpm: Option<f64>,
+    /// USD per million input tokens.
+    #[serde(default)]
+    pub price_in: Option<f64>,
+    /// USD per million output tokens.
+    #[serde(default)]
+    pub price_out: Option<f64>,
+    /// USD per hour of the machine serving it (self-hosting): charged by the compute time a
+    /// request used, where the provider reports it (the local model does).
+    #[serde(default)]
+    pub price_per_hour: Option<f64>,
+    /// `local`: a LoRA adapter folder (PEFT layout) merged at load.
+    #[serde(default)]
+    pub adapter: Option<PathBuf>,
+    #[serde(default)]
+    pub device: Option<DeviceKind>,
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// `local`: requests answered together.
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+}
+
+/// A targets file: `[[targets]]` entries.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetsFile {
+    pub targets: Vec<TargetSpec>,
+}
+
+impl TargetsFile {
+    pub fn load(path: &Path) -> Result<Vec<TargetSpec>, ProviderError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ProviderError::Config(format!("{}: {e}", path.display())))?;
+        let mut f: TargetsFile = toml::from_str(&text).map_err(|e| {
+            ProviderError::Config(format!("{}: {}", path.display(), e.to_string().trim_end()))
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for t in &mut f.targets {
+            if let Some(a) = t.adapter.as_mut()
+                && a.is_relative()
+                && !a.exists()
+            {
+                *a = base.join(&*a);
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for t in &f.targets {
+            if !seen.insert(t.name.as_str()) {
+                return Err(ProviderError::Config(format!(
+                    "{}: target `{}` is defined twice",
+                    path.display(),
+                    t.name
+                )));
+            }
+        }
+        Ok(f.targets)
+    }
+}
+
+impl TargetSpec {
+    /// A quick target from the command line: `PRESET:MODEL` (e.g. `llamacpp:smollm2`).
+    pub fn parse_quick(s: &str) -> Option<Self> {
+        let (preset, model) = s.split_once(':')?;
+        presets::find(preset)?;
+        Some(Self {
+            name: s.to_string(),
+            provider: preset.to_string(),
+            model: Some(model.to_string()),
+            stream: true,
+            timeout_s: d_timeout(),
+            max_retries: d_retries(),
+            ..Default::default()
+        })
+    }
+
+    /// The local model with an optional adapter.
+    pub fn local(name: &str, model: Option<String>, adapter: Option<PathBuf>) -> Self {
+        Self {
+            name: name.to_string(),
+            provider: "local".into(),
+            model,
+            adapter,
+            stream: true,
+            timeout_s: 3600.0,
+            max_retries: 0,
+            ..Default::default()
+        }
+    }
+}
+
+/// A target ready to call.
+pub struct Target {
+    pub spec: TargetSpec,
+    pub provider: Arc<dyn Provider>,
+    pub limiter: RateLimiter,
+    pub slots: Arc<Semaphore>,
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+}
+
+fn sha256_file(path: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
+
+/// Header values may name environment variables as `${NAME}`, so that secrets stay out of files.
+fn expand_headers(h: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, String> {
+    h.iter()
+        .map(|(k, v)| {
+            let mut out = String::new();
+            let mut rest = v.as_str();
+            while let Some(start) = rest.find("${") {
+                let end = rest[start..]
+                    .find('}')
+                    .ok_or_else(|| format!("header `{k}`: unclosed `${{`"))?;
+                let name = &rest[start + 2..start + end];
+                let value = std::env::var(name)
+                    .map_err(|_| format!("header `{k}` needs the environment variable {name}"))?;
+                out.push_str(&rest[..start]);
+                out.push_str(&value);
+                rest = &rest[start + end + 1..];
+            }
+            out.push_str(rest);
+            Ok((k.clone(), out))
+        })
+        .collect()
+}
+
+impl Target {
+    pub fn build(spec: TargetSpec) -> Result<Self, ProviderError> {
+        let err = |m: String| ProviderError::Config(format!("target `{}`: {m}", spec.name));
+        let (provider, concurrency): (Arc<dyn Provider>, usize) = if spec.provider == "local" {
+            let batch = spec.batch_size.unwrap_or(8);
+            for (set, key) in [
+                (spec.base_url.is_some(), "base_url"),
+                (spec.api_key_env.is_some(), "api_key_env"),
+                (spec.routing.is_some(), "routing"),
+            ] {
+                if set {
+                    return Err(err(format!("`{key}` has no meaning for a local target")));
+                }
+            }
+            let (model, adapter, device, threads) = (
+                spec.model.clone(),
+                spec.adapter.clone(),
+                spec.device.unwrap_or_default(),
+                spec.threads,
+            );
+            let p = LocalProvider::spawn(
+                move || {
+                    crate::runtime::set_threads(threads);
+                    let dev = device.device()?;
+                    let files = crate::weights::resolve::open(model.as_deref())
+                        .map_err(|e| e.to_string())?;
+                    let origin = files.path.display().to_string();
+                    let adapter_sha = match &adapter {
+                        Some(d) => Some(sha256_file(&d.join("adapter_model.safetensors"))?),
+                        None => None,
+                    };
+                    let files = match &adapter {
+                        Some(d) => files.with_adapter(d).map_err(|e| e.to_string())?,
+                        None => files,
+                    };
+                    let engine = crate::runtime::engine_from_files(files, &dev)
+                        .map_err(|e| e.to_string())?;
+                    let identity = serde_json::json!({
+                        "kind": "local", "model": origin, "adapter_sha256": adapter_sha,
+                    });
+                    Ok((engine, identity))
+                },
+                batch,
+            )
+            .map_err(|e| err(e.to_string()))?;
+            (Arc::new(p), spec.concurrency.unwrap_or(batch))
+        } else {
+            let preset = presets::find(&spec.provider).ok_or_else(|| {
+                err(format!(
+                    "unknown provider `{}`; use `local` or a preset: {}",
+                    spec.provider,
+                    presets::names().join(", ")
+                ))
+            })?;
+            let model = spec
+                .model
+                .clone()
+                .ok_or_else(|| err("`model` is required for a hosted target".into()))?;
+            let p = HttpProvider::new(
+                preset,
+                HttpSettings {
+                    base_url: spec
+                        .base_url
+                        .clone()
+                        .unwrap_or_else(|| preset.base_url.to_string()),
+                    model,
+                    api_key_env: spec
+                        .api_key_env
+                        .clone()
+                        .unwrap_or_else(|| preset.api_key_env.to_string()),
+                    headers: expand_headers(&spec.headers).map_err(err)?,
+                    body: spec.body.clone(),
+                    routing: spec.routing.clone(),
+                    stream: spec.stream,
+                    timeout: Duration::from_secs_f64(spec.timeout_s.max(0.001)),
+                },
+            )
+            .map_err(|e| err(e.to_string()))?;
+            (Arc::new(p), spec.concurrency.unwrap_or(8))
+        };
+        let concurrency = concurrency.max(1);
+        Ok(Self {
+            limiter: RateLimiter::new(spec.rpm, spec.tpm),
+            slots: Arc::new(Semaphore::new(concurrency)),
+            concurrency,
+            retry: RetryPolicy {
+                max_retries: spec.max_retries,
+                ..Default::default()
+            },
+            provider,
+            spec,
+        })
+    }
+
+    /// USD for one answered request, if the target has prices.
+    pub fn cost(&self, r: &ChatResponse) -> Option<f64> {
+        let s = &self.spec;
+        if s.price_in.is_none() && s.price_out.is_none() && s.price_per_hour.is_none() {
+            return None;
+        }
+        let mut usd = 0.0;
+        if let Some(p) = s.price_in {
+            usd += p * r.prompt_tokens? as f64 / 1e6;
+        }
+        if let Some(p) = s.price_out {
+            usd += p * r.completion_tokens? as f64 / 1e6;
+        }
+        if let Some(p) = s.price_per_hour {
+            usd += p * r.compute_s? / 3600.0;
+        }
+        Some(usd)
+    }
+}
