@@ -351,3 +351,92 @@ fn a_killed_run_resumes_without_repeating_a_request() {
     assert_eq!(server.requests() as usize, 40 + repeated);
     assert!(sent_before as usize >= first_run.len());
 }
+
+/// A judge scorer sends each answer to the judge target (here a server that grades strictly) and
+/// scores by its verdict; judgements are cached like any answer.
+#[test]
+fn a_judge_target_grades_answers() {
+    let rt = runtime();
+    let b = Behaviour::default();
+    let (answering, judging) = (
+        rt.block_on(FaultServer::start(0, b, true)).unwrap(),
+        rt.block_on(FaultServer::start(0, b, true)).unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("suite.toml"),
+        "name = \"judged\"\nuser = \"[answer:{{ said }}] q{{ n }}\"\nreference = \"truth\"\n\
+         [[scorers]]\ntype = \"judge\"\ntarget = \"grader\"\nrubric = \"Is the answer the reference?\"\n\
+         [[cases]]\nn = 1\nsaid = \"Paris\"\ntruth = \"Paris\"\n[[cases]]\nn = 2\nsaid = \"Lyon\"\ntruth = \"Paris\"\n\
+         [[cases]]\nn = 3\nsaid = \"4\"\ntruth = \"4\"\n",
+    )
+    .unwrap();
+    write_targets(
+        d,
+        &[("answerer", &answering, true), ("grader", &judging, false)],
+        2,
+    );
+    let text = run_ok(&mut eval_cmd(d, &["answerer"]));
+    let rs = rows(d);
+    let by: HashMap<&str, &serde_json::Value> = rs
+        .iter()
+        .map(|r| (r["case_id"].as_str().unwrap(), r))
+        .collect();
+    assert_eq!(by["1"]["score"], 1.0, "{text}");
+    assert_eq!(by["2"]["score"], 0.0);
+    assert!(
+        by["2"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("VERDICT: FAIL"),
+        "{}",
+        by["2"]
+    );
+    assert_eq!(by["3"]["score"], 1.0);
+    assert_eq!(judging.requests(), 3);
+    let graded = &judging.hits()[0].body;
+    assert!(
+        graded["messages"][1]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Is the answer the reference?")
+    );
+    // Judgements come from the cache the second time.
+    run_ok(eval_cmd(d, &["answerer"]).arg("--fresh"));
+    assert_eq!((answering.requests(), judging.requests()), (3, 3));
+}
+
+/// `rpm` holds the request rate: 60 per minute with a ten-second burst lets 10 requests go at
+/// once and the next ones one a second.
+#[test]
+fn requests_per_minute_are_respected() {
+    let rt = runtime();
+    let server = rt
+        .block_on(FaultServer::start(0, Behaviour::default(), true))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("suite.toml"),
+        format!(
+            "name = \"paced\"\nuser = \"[answer:x] {{{{ n }}}}\"\n[[scorers]]\ntype = \"json\"\n{}",
+            (0..14)
+                .map(|i| format!("[[cases]]\nn = {i}\n"))
+                .collect::<String>()
+        ),
+    )
+    .unwrap();
+    write_targets(d, &[("paced", &server, true)], 8);
+    let t = std::fs::read_to_string(d.join("targets.toml")).unwrap() + "rpm = 60\n";
+    std::fs::write(d.join("targets.toml"), t).unwrap();
+    run_ok(&mut eval_cmd(d, &["paced"]));
+    let at: Vec<f64> = server.hits().iter().map(|h| h.at).collect();
+    assert_eq!(at.len(), 14);
+    let span =
+        at.iter().cloned().fold(0.0, f64::max) - at.iter().cloned().fold(f64::INFINITY, f64::min);
+    assert!(
+        (3.5..6.0).contains(&span),
+        "14 requests at 60 rpm took {span:.2} s"
+    );
+}

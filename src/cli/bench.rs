@@ -26,6 +26,8 @@ enum BenchCommand {
     Generate(GenerateBench),
     /// LoRA training tokens/s and peak memory, with PyTorch + PEFT side by side.
     Train(super::bench_train::TrainBench),
+    /// What the eval harness adds to a provider's latency (against a bare client), and its memory.
+    Eval(super::bench_eval::EvalBench),
     #[command(hide = true)]
     TrainWorker(super::bench_train::TrainWorker),
 }
@@ -151,6 +153,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let b = match a.command {
         BenchCommand::Generate(b) => b,
         BenchCommand::Train(t) => return super::bench_train::run(t),
+        BenchCommand::Eval(e) => return super::bench_eval::run(e),
         BenchCommand::TrainWorker(w) => return super::bench_train::worker(w),
     };
     anyhow::ensure!(

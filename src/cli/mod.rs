@@ -1,6 +1,7 @@
 //! One file per subcommand: parse flags, pick the device, call the library.
 
 mod bench;
+mod bench_eval;
 mod bench_train;
 mod chat;
 mod convert;

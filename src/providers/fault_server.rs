@@ -19,6 +19,9 @@
 //! | `500always` | always 500 |
 //! | `echo-key` | always 401 with the request's `Authorization` header in the body |
 //!
+//! A grading request of the `judge` scorer gets `VERDICT: PASS` when its answer equals its
+//! reference, else `VERDICT: FAIL`.
+//!
 //! Every request is logged ([`Hit`]) so a test can count exactly what was sent.
 
 use std::collections::HashMap;
@@ -123,6 +126,24 @@ fn directive<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     Some(&text[start..end])
 }
 
+/// Acting as a judge (a grading request from the `judge` scorer): PASS when the answer equals the
+/// reference, as a strict grader would.
+fn judge(prompt: &str) -> Option<String> {
+    let section = |name: &str| {
+        let start = prompt.find(&format!("[{name}]\n"))? + name.len() + 3;
+        let end = prompt[start..]
+            .find("\n\n[")
+            .map_or(prompt.len(), |e| start + e);
+        Some(prompt[start..end].trim().to_string())
+    };
+    section("Rubric")?;
+    let pass = section("Answer")? == section("Reference answer")?;
+    Some(format!(
+        "Compared with the reference. VERDICT: {}",
+        if pass { "PASS" } else { "FAIL" }
+    ))
+}
+
 /// Serve one keep-alive connection.
 async fn connection(mut sock: TcpStream, state: Arc<State>) {
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
@@ -218,7 +239,10 @@ async fn respond(
         .unwrap_or("")
         .to_string();
     let fault = directive(&prompt, "fault").map(str::to_string);
-    let answer = directive(&prompt, "answer").unwrap_or("ok").to_string();
+    let answer = match judge(&prompt) {
+        Some(verdict) => verdict,
+        None => directive(&prompt, "answer").unwrap_or("ok").to_string(),
+    };
     let attempt = {
         let mut a = state.attempts.lock().expect("counts");
         let n = a.entry(prompt.clone()).or_insert(0);
