@@ -72,3 +72,37 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
         .map(|x| x.as_u64().unwrap() as u32)
         .collect()
 }
+
+/// The LiteLLM proxy's `litellm` executable: `$SWITCHYARD_LITELLM`, or a venv under
+/// `$SWITCHYARD_HOME/peers/litellm` that this installs on first use with pip from PyPI, pinned by
+/// `tests/fixtures/litellm/requirements.txt` (about a minute, once).
+pub fn litellm_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("SWITCHYARD_LITELLM") {
+            return PathBuf::from(p);
+        }
+        let venv = switchyard::weights::resolve::home_dir().join("peers/litellm");
+        let bin = venv.join("bin/litellm");
+        if bin.exists() {
+            return bin;
+        }
+        let run = |cmd: &mut std::process::Command| {
+            let out = cmd.output().expect("python3");
+            assert!(
+                out.status.success(),
+                "{:?}: {}",
+                cmd,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv));
+        run(std::process::Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--no-deps", "-r"])
+            .arg(fixture("litellm/requirements.txt")));
+        bin
+    })
+    .clone()
+}
