@@ -226,6 +226,11 @@ fn faults_are_retried_and_nothing_is_lost_or_double_counted() {
         "{all}"
     );
     assert!(d.join("out/results.parquet").exists() && d.join("out/summary.csv").exists());
+    let md = std::fs::read_to_string(d.join("out/summary.md")).unwrap();
+    assert!(
+        md.contains("| faults | all | streamed | 16 | 81.2 |"),
+        "{md}"
+    );
     let cmp = std::fs::read_to_string(d.join("out/comparisons.json")).unwrap();
     assert!(cmp.contains("\"a\": \"streamed\""), "{cmp}");
 

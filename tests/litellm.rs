@@ -46,7 +46,9 @@ fn start_proxy(log: &std::path::Path) -> (Proxy, u16) {
         .env_remove("LITELLM_MASTER_KEY")
         .current_dir(cfg.parent().unwrap())
         .stdout(std::fs::File::create(log).unwrap())
-        .stderr(Stdio::from(std::fs::File::create(log.with_extension("err")).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(log.with_extension("err")).unwrap(),
+        ))
         .spawn()
         .expect("start litellm");
     let mut proxy = Proxy(child);
@@ -61,7 +63,9 @@ fn start_proxy(log: &std::path::Path) -> (Proxy, u16) {
         let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut s| {
             use std::io::{Read, Write};
             let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = s.write_all(b"GET /health/liveliness HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let _ = s.write_all(
+                b"GET /health/liveliness HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            );
             let mut r = String::new();
             let _ = s.read_to_string(&mut r);
             r.starts_with("HTTP/1.1 200")
@@ -69,7 +73,10 @@ fn start_proxy(log: &std::path::Path) -> (Proxy, u16) {
         if up {
             return (proxy, port);
         }
-        assert!(t0.elapsed() < Duration::from_secs(90), "litellm did not come up");
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "litellm did not come up"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
 }
@@ -102,12 +109,31 @@ fn the_litellm_proxy_answers_as_a_provider() {
         .current_dir(d)
         .env("SWITCHYARD_HOME", d.join("home"))
         .env("LITELLM_TEST_KEY", MASTER_KEY)
-        .args(["eval", "suite.toml", "--targets-file", "targets.toml", "--out", "out", "--no-cache"])
-        .args(["-t", "mock-echo", "-t", "mock-paris", "-t", "mock-ratelimit"])
+        .args([
+            "eval",
+            "suite.toml",
+            "--targets-file",
+            "targets.toml",
+            "--out",
+            "out",
+            "--no-cache",
+        ])
+        .args([
+            "-t",
+            "mock-echo",
+            "-t",
+            "mock-paris",
+            "-t",
+            "mock-ratelimit",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rows: Vec<serde_json::Value> = std::fs::read_to_string(d.join("out/results.jsonl"))
         .unwrap()
         .lines()
@@ -121,19 +147,31 @@ fn the_litellm_proxy_answers_as_a_provider() {
     };
     // The echo depends on the request: the proxy got our messages.
     let echo = get("mock-echo", "2");
-    assert_eq!(echo["output"], "echo: What is the capital of Peru?", "{echo}");
+    assert_eq!(
+        echo["output"], "echo: What is the capital of Peru?",
+        "{echo}"
+    );
     assert_eq!(echo["score"], 1.0);
     // Streamed: first token before the last, and the proxy's own usage counts.
     let ttft = echo["ttft_s"].as_f64().unwrap();
-    assert!(ttft > 0.0 && ttft <= echo["latency_s"].as_f64().unwrap(), "{echo}");
-    assert!(echo["completion_tokens"].as_u64().unwrap() > 0 && echo["prompt_tokens"].as_u64().unwrap() > 0);
+    assert!(
+        ttft > 0.0 && ttft <= echo["latency_s"].as_f64().unwrap(),
+        "{echo}"
+    );
+    assert!(
+        echo["completion_tokens"].as_u64().unwrap() > 0
+            && echo["prompt_tokens"].as_u64().unwrap() > 0
+    );
     assert!(echo["cost_usd"].as_f64().unwrap() > 0.0);
     assert_eq!(get("mock-paris", "3")["score"], 1.0);
     assert_eq!(get("mock-paris", "2")["score"], 0.0);
     // Its 429 is retried once, then recorded as the case's error.
     let limited = get("mock-ratelimit", "1");
     assert_eq!(limited["attempts"], 2, "{limited}");
-    assert!(limited["error"].as_str().unwrap().contains("429"), "{limited}");
+    assert!(
+        limited["error"].as_str().unwrap().contains("429"),
+        "{limited}"
+    );
     let summary = std::fs::read_to_string(d.join("out/summary.csv")).unwrap();
     assert!(summary.contains("mock-echo"), "{summary}");
     assert!(stdout.contains("mock-echo − mock-paris"), "{stdout}");

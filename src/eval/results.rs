@@ -280,7 +280,73 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
     crate::weights::write_atomic(path, bytes).map_err(|e| EvalError::Other(e.to_string()))
 }
 
-/// Write `results.parquet`, `summary.{json,csv}` and `comparisons.{json,csv}` into `out`.
+fn pct(x: f64) -> String {
+    format!("{:.1}", 100.0 * x)
+}
+
+fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map_or("–".into(), f)
+}
+
+/// `summary.md`: the summary and the comparisons as Markdown tables, for people.
+pub fn markdown(summary: &[SummaryRow], comparisons: &[Comparison]) -> String {
+    let mut s = String::from(
+        "# Eval summary\n\nScore: mean over cases (a failed request scores 0), with its 95% interval.\n\n\
+         | suite | tag | target | cases | score % | 95% CI | p50 latency s | p95 latency s | p50 TTFT s | output tok/s | $ / 1k requests | errors |\n\
+         |---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in summary {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {}–{} ({}) | {} | {} | {} | {} | {} | {} |\n",
+            r.suite,
+            r.tag,
+            r.target,
+            r.cases,
+            pct(r.mean_score),
+            pct(r.ci_low),
+            pct(r.ci_high),
+            r.ci_method,
+            opt(r.latency_p50_s, |v| format!("{v:.3}")),
+            opt(r.latency_p95_s, |v| format!("{v:.3}")),
+            opt(r.ttft_p50_s, |v| format!("{v:.3}")),
+            opt(r.output_tok_s_p50, |v| format!("{v:.1}")),
+            opt(r.cost_per_1k_requests_usd, |v| format!("{v:.4}")),
+            r.errors
+        ));
+    }
+    if !comparisons.is_empty() {
+        s.push_str(
+            "\n## Paired comparisons (a − b on the cases both answered)\n\n\
+             | suite | tag | a | b | cases | difference, points | 95% CI | a better | b better | ties | McNemar p |\n\
+             |---|---|---|---|---:|---:|---|---:|---:|---:|---:|\n",
+        );
+        for c in comparisons {
+            let p = &c.paired;
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {:+.1} | {:+.1} to {:+.1} | {} | {} | {} | {} |\n",
+                c.suite,
+                c.tag,
+                c.a,
+                c.b,
+                p.n,
+                100.0 * p.diff,
+                100.0 * p.ci_low,
+                100.0 * p.ci_high,
+                p.a_better,
+                p.b_better,
+                p.ties,
+                opt(p.mcnemar_p, |v| if v < 1e-3 {
+                    format!("{v:.1e}")
+                } else {
+                    format!("{v:.3}")
+                })
+            ));
+        }
+    }
+    s
+}
+
+/// Write `results.parquet`, `summary.{json,csv,md}` and `comparisons.{json,csv}` into `out`.
 pub fn write_outputs(
     out: &Path,
     rows: &[ResultRow],
@@ -295,6 +361,10 @@ pub fn write_outputs(
         ParquetWriter::new(&mut buf).finish(&mut df).map_err(pe)?;
         write(&out.join("results.parquet"), &buf)?;
     }
+    write(
+        &out.join("summary.md"),
+        markdown(summary, comparisons).as_bytes(),
+    )?;
     let js = |e: serde_json::Error| EvalError::Other(e.to_string());
     write(
         &out.join("summary.json"),

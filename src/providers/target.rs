@@ -75,8 +75,9 @@ pub struct TargetSpec {
     /// USD per million output tokens.
     #[serde(default)]
     pub price_out: Option<f64>,
-    /// USD per hour of the machine serving it (self-hosting): charged by the compute time a
-    /// request used, where the provider reports it (the local model does).
+    /// USD per hour of the machine serving it (self-hosting): charged by the machine time a
+    /// request used (the local model reports its share of a batch; over HTTP, latency divided by
+    /// `concurrency`).
     #[serde(default)]
     pub price_per_hour: Option<f64>,
     /// `local`: a LoRA adapter folder (PEFT layout) merged at load.
@@ -305,7 +306,11 @@ impl Target {
             usd += p * r.completion_tokens? as f64 / 1e6;
         }
         if let Some(p) = s.price_per_hour {
-            usd += p * r.compute_s? / 3600.0;
+            // The local model reports its share of a batch; for a server of one's own behind HTTP,
+            // a request holds one of `concurrency` slots for its latency (exact when the run keeps
+            // the server busy, as an eval does).
+            let machine_s = r.compute_s.unwrap_or(r.latency_s / self.concurrency as f64);
+            usd += p * machine_s / 3600.0;
         }
         Some(usd)
     }
