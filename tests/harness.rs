@@ -445,3 +445,45 @@ fn requests_per_minute_are_respected() {
         "14 requests at 60 rpm took {span:.2} s"
     );
 }
+
+/// Repeats ask each case again with the next seed; each repeat is its own request and cache
+/// entry, and the interval is taken over cases (repeats averaged), not over rows.
+#[test]
+fn repeats_are_separate_requests_with_their_own_seeds() {
+    let rt = runtime();
+    let server = rt
+        .block_on(FaultServer::start(0, Behaviour::default(), true))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("suite.toml"),
+        format!(
+            "name = \"rep\"\nuser = \"[answer:{{{{ a }}}}] q{{{{ n }}}}\"\nreference = \"a\"\nrepeats = 3\n\
+             [generation]\ntemperature = 0.7\nseed = 100\n[[scorers]]\ntype = \"exact\"\n{}",
+            (0..4).map(|i| format!("[[cases]]\nn = {i}\na = \"{}\"\n", if i < 3 { "x" } else { "y" })).collect::<String>()
+        ),
+    )
+    .unwrap();
+    write_targets(d, &[("stub", &server, true)], 4);
+    run_ok(&mut eval_cmd(d, &["stub"]));
+    assert_eq!(rows(d).len(), 12);
+    assert_eq!(server.requests(), 12);
+    let mut seeds: Vec<u64> = server
+        .hits()
+        .iter()
+        .filter(|h| h.prompt.ends_with("q0"))
+        .map(|h| h.body["seed"].as_u64().unwrap())
+        .collect();
+    seeds.sort();
+    assert_eq!(seeds, vec![100, 101, 102]);
+    let summary: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(d.join("out/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary[0]["cases"], 4);
+    assert_eq!(summary[0]["results"], 12);
+    assert_eq!(summary[0]["ci_method"], "bootstrap-cases");
+    // `--repeats` overrides the suite; repeats 0-2 come from the cache, 3 is new.
+    run_ok(eval_cmd(d, &["stub"]).args(["--repeats", "4", "--fresh"]));
+    assert_eq!(server.requests(), 16);
+}
