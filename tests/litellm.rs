@@ -4,88 +4,19 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 const MASTER_KEY: &str = "sk-litellm-integration-test";
-
-struct Proxy(std::process::Child);
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_proxy(log: &std::path::Path) -> (Proxy, u16) {
-    let port = free_port();
-    let cfg = common::fixture("litellm/config.yaml");
-    let child = Command::new(common::litellm_bin())
-        .arg("--config")
-        .arg(&cfg)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        .env("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")
-        .env("LITELLM_LOCAL_AUTOROUTER_PRESETS", "True")
-        .env("LITELLM_LOCAL_POLICY_TEMPLATES", "True")
-        .env("LITELLM_LOCAL_BLOG_POSTS", "True")
-        .env("LITELLM_LOG", "ERROR")
-        .env("DISABLE_ADMIN_UI", "True")
-        .env("NO_DOCS", "True")
-        .env("PYTHONUNBUFFERED", "1")
-        .env_remove("DATABASE_URL")
-        .env_remove("LITELLM_MASTER_KEY")
-        .current_dir(cfg.parent().unwrap())
-        .stdout(std::fs::File::create(log).unwrap())
-        .stderr(Stdio::from(
-            std::fs::File::create(log.with_extension("err")).unwrap(),
-        ))
-        .spawn()
-        .expect("start litellm");
-    let mut proxy = Proxy(child);
-    let t0 = Instant::now();
-    loop {
-        if let Some(status) = proxy.0.try_wait().unwrap() {
-            panic!(
-                "litellm exited with {status}: {}",
-                std::fs::read_to_string(log.with_extension("err")).unwrap_or_default()
-            );
-        }
-        let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut s| {
-            use std::io::{Read, Write};
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = s.write_all(
-                b"GET /health/liveliness HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            );
-            let mut r = String::new();
-            let _ = s.read_to_string(&mut r);
-            r.starts_with("HTTP/1.1 200")
-        });
-        if up {
-            return (proxy, port);
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(90),
-            "litellm did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
 
 #[test]
 fn the_litellm_proxy_answers_as_a_provider() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (_proxy, port) = start_proxy(&d.join("litellm.log"));
+    let (_proxy, port) = common::start_litellm(
+        &common::fixture("litellm/config.yaml"),
+        &d.join("litellm.log"),
+        &[],
+    );
     let targets = ["mock-echo", "mock-paris", "mock-ratelimit"]
         .iter()
         .map(|m| {

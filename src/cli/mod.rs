@@ -10,6 +10,7 @@ mod eval;
 mod generate;
 mod merge;
 mod models;
+mod route;
 mod train;
 
 use std::process::ExitCode;
@@ -47,6 +48,8 @@ enum Command {
     Data(data::DataArgs),
     /// Run an eval suite (evals/*.toml) on a model and score it.
     Eval(eval::EvalArgs),
+    /// Derive a routing policy from eval results, and export it for other routers.
+    Route(route::RouteArgs),
     /// Merge a LoRA adapter into its base model and write a Hugging Face folder.
     Merge(merge::MergeArgs),
     /// Benchmarks, with peers measured side by side in the same run.
@@ -111,6 +114,7 @@ pub fn main() -> ExitCode {
         Command::Data(a) => data::run(a),
         Command::Merge(a) => merge::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Route(a) => route::run(a),
         Command::Bench(a) => bench::run(a),
     };
     match result {

@@ -42,6 +42,9 @@ pub struct ResultRow {
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
     pub cost_usd: Option<f64>,
+    /// Machine seconds the answer used, where the provider reports it (the local model).
+    #[serde(default)]
+    pub compute_s: Option<f64>,
     pub finish_reason: Option<String>,
     pub error: Option<String>,
     /// Requests sent for this row in this run (0 when the cache answered).

@@ -170,6 +170,7 @@ impl Ctx {
             prompt_tokens: None,
             completion_tokens: None,
             cost_usd: None,
+            compute_s: None,
             finish_reason: None,
             error: None,
             attempts: out.attempts,
@@ -239,6 +240,7 @@ impl Ctx {
         row.reason = (!reasons.is_empty()).then(|| reasons.join("; "));
         row.verdicts = serde_json::to_string(&verdicts).unwrap_or_default();
         row.cost_usd = t.cost(&resp);
+        row.compute_s = resp.compute_s;
         row.latency_s = Some(resp.latency_s);
         row.ttft_s = resp.ttft_s;
         row.output_tok_s = resp.output_tok_s();

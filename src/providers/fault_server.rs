@@ -70,6 +70,8 @@ struct State {
     hits: Mutex<Vec<Hit>>,
     attempts: Mutex<HashMap<String, u32>>,
     keep_log: bool,
+    /// Set when the server is dropped: open keep-alive connections stop answering too.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 pub struct FaultServer {
@@ -89,6 +91,7 @@ impl FaultServer {
             hits: Mutex::new(Vec::new()),
             attempts: Mutex::new(HashMap::new()),
             keep_log,
+            stopped: std::sync::atomic::AtomicBool::new(false),
         });
         let s = state.clone();
         let task = tokio::spawn(async move {
@@ -116,6 +119,9 @@ impl FaultServer {
 
 impl Drop for FaultServer {
     fn drop(&mut self) {
+        self.state
+            .stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.task.abort();
     }
 }
@@ -151,6 +157,9 @@ async fn connection(mut sock: TcpStream, state: Arc<State>) {
         let Some(head_end) = read_until_head(&mut sock, &mut buf).await else {
             return;
         };
+        if state.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
         let mut lines = head.split("\r\n");
         let request_line = lines.next().unwrap_or("").to_string();

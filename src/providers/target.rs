@@ -30,7 +30,7 @@ fn d_retries() -> u32 {
 }
 
 /// One target as written in a targets file.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TargetSpec {
     /// The name results and routes use.

@@ -106,3 +106,83 @@ pub fn litellm_bin() -> PathBuf {
     })
     .clone()
 }
+
+/// A child process killed when dropped.
+pub struct Proxy(pub std::process::Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Start the LiteLLM proxy on a free port with `config` (offline settings), and wait until it answers.
+pub fn start_litellm(
+    config: &std::path::Path,
+    log: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (Proxy, u16) {
+    let port = free_port();
+    let cfg = config.to_path_buf();
+    let mut cmd = std::process::Command::new(litellm_bin());
+    let child = cmd
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        .env("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")
+        .env("LITELLM_LOCAL_AUTOROUTER_PRESETS", "True")
+        .env("LITELLM_LOCAL_POLICY_TEMPLATES", "True")
+        .env("LITELLM_LOCAL_BLOG_POSTS", "True")
+        .env("LITELLM_LOG", "ERROR")
+        .env("DISABLE_ADMIN_UI", "True")
+        .env("NO_DOCS", "True")
+        .env("PYTHONUNBUFFERED", "1")
+        .env_remove("DATABASE_URL")
+        .env_remove("LITELLM_MASTER_KEY")
+        .envs(env.iter().copied())
+        .current_dir(cfg.parent().unwrap())
+        .stdout(std::fs::File::create(log).unwrap())
+        .stderr(std::process::Stdio::from(
+            std::fs::File::create(log.with_extension("err")).unwrap(),
+        ))
+        .spawn()
+        .expect("start litellm");
+    let mut proxy = Proxy(child);
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(status) = proxy.0.try_wait().unwrap() {
+            panic!(
+                "litellm exited with {status}: {}",
+                std::fs::read_to_string(log.with_extension("err")).unwrap_or_default()
+            );
+        }
+        let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut s| {
+            use std::io::{Read, Write};
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            let _ = s.write_all(
+                b"GET /health/liveliness HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            );
+            let mut r = String::new();
+            let _ = s.read_to_string(&mut r);
+            r.starts_with("HTTP/1.1 200")
+        });
+        if up {
+            return (proxy, port);
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(90),
+            "litellm did not come up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}

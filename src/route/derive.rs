@@ -1,0 +1,419 @@
+//! Deriving a policy from eval results.
+//!
+//! Per task (suite tag), among the targets that meet the constraints: the best is the highest
+//! mean score; a target is **non-inferior** when the 95% interval of its paired difference to the
+//! best (same cases) lies above −margin. The objective then picks among the non-inferior ones
+//! (cheapest, fastest) or takes the best (quality). A cheaper target never wins on a point
+//! estimate alone: only when the evidence says it is not worse by more than the margin.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::{Constraints, Evidence, Objective, Policy, Prediction, Route, RouteError};
+use crate::eval::results::{self, ResultRow, SummaryRow};
+use crate::eval::stats::Paired;
+use crate::providers::TargetSpec;
+
+pub struct DeriveOptions {
+    pub objective: Objective,
+    pub constraints: Constraints,
+    pub margin: f64,
+    pub max_fallbacks: usize,
+    /// Tasks with fewer cases than this get no route of their own (their cases follow their
+    /// suite's broader tag): choosing among targets on a handful of cases fits noise.
+    pub min_cases: usize,
+    /// Only these tasks (default: every tag in the results).
+    pub tasks: Option<Vec<String>>,
+    pub economics: Option<super::economics::EconomicsInput>,
+}
+
+/// A run folder's rows and target settings.
+pub struct RunData {
+    pub folder: PathBuf,
+    pub rows: Vec<ResultRow>,
+    pub targets: BTreeMap<String, TargetSpec>,
+}
+
+/// Read an eval run folder (`results.jsonl` + `run.json`).
+pub fn read_run(folder: &Path) -> Result<RunData, RouteError> {
+    let folder = if folder.is_file() {
+        folder.parent().unwrap_or(Path::new(".")).to_path_buf()
+    } else {
+        folder.to_path_buf()
+    };
+    let err = |p: &Path, detail: String| RouteError::File {
+        path: p.to_path_buf(),
+        detail,
+    };
+    let rpath = folder.join("results.jsonl");
+    if !rpath.exists() {
+        return Err(err(
+            &rpath,
+            "not found: give an eval run folder (runs/eval/...)".into(),
+        ));
+    }
+    let (rows, _) = results::read_rows(&rpath).map_err(|e| err(&rpath, e.to_string()))?;
+    let jpath = folder.join("run.json");
+    let run: Value = std::fs::read_to_string(&jpath)
+        .map_err(|e| err(&jpath, e.to_string()))
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| err(&jpath, e.to_string())))?;
+    let mut targets = BTreeMap::new();
+    for t in run["targets"].as_array().into_iter().flatten() {
+        let spec: TargetSpec = serde_json::from_value(t["spec"].clone())
+            .map_err(|e| err(&jpath, format!("targets: {e}")))?;
+        targets.insert(spec.name.clone(), spec);
+    }
+    Ok(RunData {
+        folder,
+        rows,
+        targets,
+    })
+}
+
+fn paired_vs(
+    cmp: &[results::Comparison],
+    suite: &str,
+    tag: &str,
+    t: &str,
+    best: &str,
+) -> Option<Paired> {
+    cmp.iter().find_map(|c| {
+        if c.suite != suite || c.tag != tag {
+            return None;
+        }
+        if c.a == t && c.b == best {
+            Some(c.paired.clone())
+        } else if c.a == best && c.b == t {
+            let p = &c.paired;
+            Some(Paired {
+                diff: -p.diff,
+                ci_low: -p.ci_high,
+                ci_high: -p.ci_low,
+                a_better: p.b_better,
+                b_better: p.a_better,
+                ..p.clone()
+            })
+        } else {
+            None
+        }
+    })
+}
+
+fn exclusion(s: &SummaryRow, c: &Constraints) -> Option<String> {
+    if let Some(m) = c.min_score
+        && s.mean_score < m
+    {
+        return Some(format!("score {:.3} < min {m}", s.mean_score));
+    }
+    if let Some(m) = c.max_p95_latency_s {
+        match s.latency_p95_s {
+            Some(l) if l > m => return Some(format!("p95 latency {l:.2} s > max {m} s")),
+            None => return Some("no latency measured".into()),
+            _ => {}
+        }
+    }
+    if let Some(m) = c.max_cost_per_1k_requests_usd {
+        match s.cost_per_1k_requests_usd {
+            Some(v) if v > m => return Some(format!("cost ${v:.4}/1k > max ${m}")),
+            None => return Some("unpriced (set prices on the target)".into()),
+            _ => {}
+        }
+    }
+    if let Some(m) = c.max_error_rate
+        && s.error_rate > m
+    {
+        return Some(format!("error rate {:.3} > max {m}", s.error_rate));
+    }
+    None
+}
+
+fn key(o: Objective, e: &Evidence) -> f64 {
+    match o {
+        Objective::Cheapest => e.cost_per_1k_requests_usd.unwrap_or(f64::INFINITY),
+        Objective::Fastest => e.latency_p95_s.unwrap_or(f64::INFINITY),
+        Objective::Quality => -e.mean_score,
+    }
+}
+
+/// Derive the route of one task from its summaries and comparisons.
+fn route_for(
+    suite: &str,
+    tag: &str,
+    task: &str,
+    summaries: &[&SummaryRow],
+    cmp: &[results::Comparison],
+    o: &DeriveOptions,
+) -> Route {
+    let mut ev: Vec<Evidence> = summaries
+        .iter()
+        .map(|s| Evidence {
+            target: s.target.clone(),
+            cases: s.cases,
+            mean_score: s.mean_score,
+            ci_low: s.ci_low,
+            ci_high: s.ci_high,
+            latency_p50_s: s.latency_p50_s,
+            latency_p95_s: s.latency_p95_s,
+            cost_per_1k_requests_usd: s.cost_per_1k_requests_usd,
+            error_rate: s.error_rate,
+            excluded: exclusion(s, &o.constraints),
+            vs_best: None,
+            non_inferior: false,
+            on_frontier: false,
+        })
+        .collect();
+    let constraints_met = ev.iter().any(|e| e.excluded.is_none());
+    let pool = |e: &Evidence| !constraints_met || e.excluded.is_none();
+    let best = ev
+        .iter()
+        .filter(|e| pool(e))
+        .max_by(|a, b| {
+            a.mean_score
+                .total_cmp(&b.mean_score)
+                .then(key(Objective::Cheapest, b).total_cmp(&key(Objective::Cheapest, a)))
+        })
+        .map(|e| e.target.clone())
+        .unwrap_or_default();
+    for e in ev.iter_mut() {
+        if e.target == best {
+            e.non_inferior = true;
+        } else {
+            e.vs_best = paired_vs(cmp, suite, tag, &e.target, &best);
+            e.non_inferior = e.vs_best.as_ref().is_some_and(|p| p.ci_low >= -o.margin);
+        }
+    }
+    let snapshot = ev.clone();
+    for e in ev.iter_mut() {
+        e.on_frontier = e.cost_per_1k_requests_usd.is_some()
+            && !snapshot.iter().any(|x| {
+                let (Some(xc), Some(ec)) = (x.cost_per_1k_requests_usd, e.cost_per_1k_requests_usd)
+                else {
+                    return false;
+                };
+                x.target != e.target
+                    && xc <= ec
+                    && x.mean_score >= e.mean_score
+                    && (xc < ec || x.mean_score > e.mean_score)
+            });
+    }
+    let mut order: Vec<&Evidence> = ev.iter().filter(|e| pool(e)).collect();
+    // Non-inferior targets by the objective; then the rest by quality (a fallback that is much
+    // worse is not better for being cheap).
+    order.sort_by(|a, b| {
+        b.non_inferior.cmp(&a.non_inferior).then(if a.non_inferior {
+            key(o.objective, a)
+                .total_cmp(&key(o.objective, b))
+                .then(b.mean_score.total_cmp(&a.mean_score))
+        } else {
+            b.mean_score.total_cmp(&a.mean_score)
+        })
+    });
+    let primary = match o.objective {
+        Objective::Quality => best.clone(),
+        _ => order
+            .first()
+            .map(|e| e.target.clone())
+            .unwrap_or_else(|| best.clone()),
+    };
+    let fallbacks: Vec<String> = order
+        .iter()
+        .map(|e| e.target.clone())
+        .filter(|t| *t != primary)
+        .take(o.max_fallbacks)
+        .collect();
+    let p = ev.iter().find(|e| e.target == primary);
+    let reason = match (p, constraints_met) {
+        (_, false) => format!("no target meets the constraints; `{primary}` has the best score"),
+        (Some(p), true) if primary == best => format!(
+            "`{primary}` has the best score, {:.1}% (95% CI {:.1}–{:.1}, n = {})",
+            100.0 * p.mean_score,
+            100.0 * p.ci_low,
+            100.0 * p.ci_high,
+            p.cases
+        ),
+        (Some(p), true) => {
+            let d = p.vs_best.as_ref();
+            format!(
+                "`{primary}` is non-inferior to the best, `{best}` (difference {:+.1} points, 95% CI {:+.1} to {:+.1}, margin {:.1}), and {}",
+                100.0 * d.map_or(0.0, |d| d.diff),
+                100.0 * d.map_or(0.0, |d| d.ci_low),
+                100.0 * d.map_or(0.0, |d| d.ci_high),
+                100.0 * o.margin,
+                match o.objective {
+                    Objective::Cheapest => "cheaper",
+                    Objective::Fastest => "faster",
+                    Objective::Quality => "better",
+                }
+            )
+        }
+        (None, _) => "no evidence".into(),
+    };
+    Route {
+        task: task.to_string(),
+        suite: suite.to_string(),
+        primary,
+        fallbacks,
+        reason,
+        constraints_met,
+        evidence: ev,
+    }
+}
+
+/// Derive a policy from eval run folders.
+pub fn derive(runs: &[RunData], o: &DeriveOptions) -> Result<Policy, RouteError> {
+    let mut rows: Vec<ResultRow> = runs.iter().flat_map(|r| r.rows.iter().cloned()).collect();
+    if rows.is_empty() {
+        return Err(RouteError::Other("the runs have no results".into()));
+    }
+    // The default route pools every suite's cases.
+    let pooled: Vec<ResultRow> = rows
+        .iter()
+        .map(|r| ResultRow {
+            suite: "*".into(),
+            case_id: format!("{}/{}", r.suite, r.case_id),
+            tags: String::new(),
+            ..r.clone()
+        })
+        .collect();
+    rows.extend(pooled);
+    let summary = results::summarize(&rows);
+    let mut names: Vec<String> = summary.iter().map(|s| s.target.clone()).collect();
+    names.sort();
+    names.dedup();
+    let cmp = results::compare(&rows, &names);
+    let mut groups: BTreeMap<(String, String), Vec<&SummaryRow>> = BTreeMap::new();
+    for s in &summary {
+        groups
+            .entry((s.suite.clone(), s.tag.clone()))
+            .or_default()
+            .push(s);
+    }
+    let mut routes = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for ((suite, tag), ss) in &groups {
+        let task = if suite == "*" {
+            "default".to_string()
+        } else if tag == "all" {
+            continue;
+        } else {
+            tag.clone()
+        };
+        if let Some(only) = &o.tasks
+            && task != "default"
+            && !only.contains(&task)
+        {
+            continue;
+        }
+        if task != "default" && ss.iter().map(|s| s.cases).max().unwrap_or(0) < o.min_cases {
+            continue;
+        }
+        if !seen.insert(task.clone()) {
+            return Err(RouteError::Other(format!(
+                "task `{task}` is a tag of more than one suite; give the suites distinct tags"
+            )));
+        }
+        routes.push(route_for(suite, tag, &task, ss, &cmp, o));
+    }
+    rows.retain(|r| r.suite != "*");
+    let predicted = predict(&rows, &routes);
+    let mut targets = BTreeMap::new();
+    let mut run_ids: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in runs {
+        targets.extend(r.targets.clone());
+        let mut ids: Vec<String> = r.rows.iter().map(|x| x.run_id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        run_ids.insert(r.folder.display().to_string(), ids);
+    }
+    let economics = o
+        .economics
+        .as_ref()
+        .map(|e| super::economics::compute(&rows, &targets, e));
+    Ok(Policy {
+        version: 1,
+        created_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
+        objective: o.objective,
+        constraints: o.constraints.clone(),
+        margin: o.margin,
+        runs: run_ids,
+        targets,
+        routes,
+        predicted,
+        economics,
+    })
+}
+
+/// Route each case by its most specific tag that has a route; score and cost it with the
+/// primary's own answer to that case.
+fn predict(rows: &[ResultRow], routes: &[Route]) -> Vec<Prediction> {
+    let by_task: HashMap<&str, &Route> = routes.iter().map(|r| (r.task.as_str(), r)).collect();
+    let mut cell: HashMap<(&str, &str, &str), (f64, Option<f64>)> = HashMap::new();
+    let mut cases: BTreeMap<&str, Vec<(&str, &str)>> = BTreeMap::new();
+    for r in rows {
+        let score: f64 = r.score.unwrap_or(0.0);
+        let e = cell
+            .entry((r.suite.as_str(), r.case_id.as_str(), r.target.as_str()))
+            .or_insert((score, r.cost_usd));
+        e.0 = e.0.min(score);
+        let tags = r.tags.as_str();
+        let list = cases.entry(r.suite.as_str()).or_default();
+        if !list.iter().any(|(c, _)| *c == r.case_id) {
+            list.push((r.case_id.as_str(), tags));
+        }
+    }
+    let targets: Vec<&str> = {
+        let mut t: Vec<&str> = rows.iter().map(|r| r.target.as_str()).collect();
+        t.sort();
+        t.dedup();
+        t
+    };
+    cases
+        .into_iter()
+        .map(|(suite, list)| {
+            let mut score = 0.0;
+            let mut cost = Some(0.0);
+            for (case, tags) in &list {
+                let route = tags
+                    .split(',')
+                    .rev()
+                    .find_map(|t| by_task.get(t))
+                    .or_else(|| by_task.get("default"));
+                let (s, c) = route
+                    .and_then(|r| cell.get(&(suite, *case, r.primary.as_str())))
+                    .copied()
+                    .unwrap_or((0.0, None));
+                score += s;
+                cost = cost.zip(c).map(|(a, b)| a + b);
+            }
+            let n = list.len().max(1) as f64;
+            let single_target = targets
+                .iter()
+                .map(|t| {
+                    let mut s = 0.0;
+                    let mut c = Some(0.0);
+                    for (case, _) in &list {
+                        let (x, y) = cell
+                            .get(&(suite, *case, *t))
+                            .copied()
+                            .unwrap_or((0.0, None));
+                        s += x;
+                        c = c.zip(y).map(|(a, b)| a + b);
+                    }
+                    (t.to_string(), (s / n, c.map(|c| 1000.0 * c / n)))
+                })
+                .collect();
+            Prediction {
+                suite: suite.to_string(),
+                cases: list.len(),
+                policy_mean_score: score / n,
+                policy_cost_per_1k_requests_usd: cost.map(|c| 1000.0 * c / n),
+                single_target,
+            }
+        })
+        .collect()
+}

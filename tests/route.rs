@@ -1,0 +1,293 @@
+//! Routing policies: derived from eval results (non-inferiority, constraints, objective), exported
+//! as a LiteLLM proxy config that the real proxy loads, routes by and falls back with.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use switchyard::eval::ResultRow;
+use switchyard::providers::fault_server::{Behaviour, FaultServer};
+
+fn row(target: &str, case: usize, score: f64, cost: f64) -> ResultRow {
+    ResultRow {
+        run_id: "test-run".into(),
+        suite: "s".into(),
+        case_id: case.to_string(),
+        line: case as u64,
+        tags: "qa".into(),
+        target: target.into(),
+        provider: "openai-compatible".into(),
+        model: Some("m".into()),
+        repeat: 0,
+        seed: None,
+        prompt_hash: "h".into(),
+        prompt: "[]".into(),
+        output: Some("x".into()),
+        reference: Some("x".into()),
+        score: Some(score),
+        pass: Some(score == 1.0),
+        verdicts: "[]".into(),
+        reason: None,
+        latency_s: Some(0.1),
+        ttft_s: Some(0.05),
+        output_tok_s: None,
+        prompt_tokens: Some(10),
+        completion_tokens: Some(5),
+        cost_usd: Some(cost),
+        compute_s: None,
+        finish_reason: Some("stop".into()),
+        error: None,
+        attempts: 1,
+        cached: false,
+        finished_at: 0.0,
+    }
+}
+
+/// An eval run folder: `strong` passes every case, `cheap` all but `misses`, `weak` half.
+fn write_run(dir: &Path, n: usize, misses: usize, urls: &[(&str, String)]) {
+    let mut lines = String::new();
+    for i in 0..n {
+        for r in [
+            row("strong", i, 1.0, 0.002),
+            row("cheap", i, if i < misses { 0.0 } else { 1.0 }, 0.0001),
+            row("weak", i, (i % 2) as f64, 0.00001),
+        ] {
+            lines.push_str(&serde_json::to_string(&r).unwrap());
+            lines.push('\n');
+        }
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("results.jsonl"), lines).unwrap();
+    let targets: Vec<serde_json::Value> = urls
+        .iter()
+        .map(|(name, url)| serde_json::json!({"spec": {"name": name, "provider": "openai-compatible",
+            "model": format!("{name}-model"), "base_url": url, "timeout_s": 5.0, "price_in": 1.0, "price_out": 2.0}}))
+        .collect();
+    std::fs::write(
+        dir.join("run.json"),
+        serde_json::json!({"targets": targets}).to_string(),
+    )
+    .unwrap();
+}
+
+fn switchyard(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    c.current_dir(dir).env("SWITCHYARD_HOME", dir.join("home"));
+    c
+}
+
+fn ok(c: &mut Command) -> String {
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn policy(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("policy.json")).unwrap()).unwrap()
+}
+
+fn urls() -> Vec<(&'static str, String)> {
+    ["strong", "cheap", "weak"]
+        .iter()
+        .map(|t| (*t, "http://127.0.0.1:9/v1".to_string()))
+        .collect()
+}
+
+#[test]
+fn a_cheaper_target_wins_only_when_the_evidence_says_it_is_not_worse() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 400 cases, `cheap` misses 2: its difference to `strong` is −0.5 points, CI well inside −2.
+    write_run(&d.join("run"), 400, 2, &urls());
+    ok(switchyard(d).args(["route", "derive", "run", "--out", "policy.json"]));
+    let p = policy(d);
+    let qa = p["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["task"] == "qa")
+        .unwrap();
+    assert_eq!(qa["primary"], "cheap", "{qa}");
+    assert_eq!(qa["fallbacks"][0], "strong");
+    assert!(
+        qa["reason"].as_str().unwrap().contains("non-inferior"),
+        "{qa}"
+    );
+    let md = std::fs::read_to_string(d.join("policy.md")).unwrap();
+    assert!(md.contains("| qa | cheap | strong, weak |"), "{md}");
+
+    // Objective quality: the best, whatever it costs.
+    ok(switchyard(d).args([
+        "route",
+        "derive",
+        "run",
+        "--out",
+        "policy.json",
+        "--objective",
+        "quality",
+    ]));
+    assert_eq!(policy(d)["routes"][1]["primary"], "strong");
+
+    // 40 cases with 4 misses: the same point estimate cannot rule out a 2-point loss.
+    write_run(&d.join("small"), 40, 4, &urls());
+    ok(switchyard(d).args(["route", "derive", "small", "--out", "policy.json"]));
+    let p = policy(d);
+    let qa = p["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["task"] == "qa")
+        .unwrap();
+    assert_eq!(qa["primary"], "strong", "{qa}");
+    let cheap = qa["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["target"] == "cheap")
+        .unwrap();
+    assert_eq!(cheap["non_inferior"], false);
+    assert!(cheap["vs_best"]["ci_low"].as_f64().unwrap() < -0.02);
+
+    // Constraints rule targets out, and say why.
+    ok(switchyard(d).args([
+        "route",
+        "derive",
+        "run",
+        "--out",
+        "policy.json",
+        "--max-cost-per-1k",
+        "0.5",
+    ]));
+    let p = policy(d);
+    let qa = p["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["task"] == "qa")
+        .unwrap();
+    assert_eq!(qa["primary"], "cheap");
+    let strong = qa["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["target"] == "strong")
+        .unwrap();
+    assert!(
+        strong["excluded"].as_str().unwrap().contains("cost"),
+        "{strong}"
+    );
+    assert!(
+        !qa["fallbacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "strong")
+    );
+}
+
+#[test]
+fn litellm_loads_the_exported_policy_routes_and_falls_back() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let fast = Behaviour {
+        latency: Duration::from_millis(5),
+        chunk_delay: Duration::ZERO,
+    };
+    let strong = rt.block_on(FaultServer::start(0, fast, true)).unwrap();
+    let weak = rt.block_on(FaultServer::start(0, fast, true)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let down = format!("http://127.0.0.1:{}/v1", common::free_port()); // nothing listens there
+    write_run(
+        &d.join("run"),
+        200,
+        60,
+        &[
+            ("strong", strong.base_url()),
+            ("cheap", down),
+            ("weak", weak.base_url()),
+        ],
+    );
+    ok(switchyard(d).args([
+        "route",
+        "derive",
+        "run",
+        "--out",
+        "policy.json",
+        "--objective",
+        "quality",
+    ]));
+    let p = policy(d);
+    let qa = p["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["task"] == "qa")
+        .unwrap();
+    assert_eq!(
+        (qa["primary"].as_str(), qa["fallbacks"][0].as_str()),
+        (Some("strong"), Some("cheap"))
+    );
+    ok(switchyard(d).args([
+        "route",
+        "export",
+        "policy.json",
+        "--format",
+        "litellm",
+        "--out",
+        "litellm.yaml",
+    ]));
+    let yaml = std::fs::read_to_string(d.join("litellm.yaml")).unwrap();
+    assert!(
+        yaml.contains("route/qa/fallback-1") && yaml.contains("num_retries: 0"),
+        "{yaml}"
+    );
+
+    let key = "sk-route-test-key";
+    let (_proxy, port) = common::start_litellm(
+        &d.join("litellm.yaml"),
+        &d.join("litellm.log"),
+        &[("LITELLM_MASTER_KEY", key)],
+    );
+    let ask = |model: &str| -> (u16, serde_json::Value) {
+        let body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": "[answer:routed] hello"}]});
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                "content-type: application/json",
+            ])
+            .args(["-H", &format!("authorization: Bearer {key}")])
+            .args([
+                "-d",
+                &body.to_string(),
+                &format!("http://127.0.0.1:{port}/v1/chat/completions"),
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (json, code) = text.rsplit_once('\n').unwrap();
+        (
+            code.trim().parse().unwrap(),
+            serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+        )
+    };
+    // The primary answers the route.
+    let (code, v) = ask("route/qa");
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], "routed");
+    assert_eq!((strong.requests(), weak.requests()), (1, 0));
+    // The primary goes down: the first fallback is down too; the second answers.
+    drop(strong);
+    let (code, v) = ask("route/qa");
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], "routed");
+    assert_eq!(weak.requests(), 1);
+}
