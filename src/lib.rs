@@ -10,6 +10,7 @@ pub mod model;
 pub mod providers;
 pub mod route;
 pub mod runtime;
+pub mod serve;
 pub mod tokenize;
 pub mod train;
 pub mod weights;

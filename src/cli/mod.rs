@@ -11,6 +11,7 @@ mod generate;
 mod merge;
 mod models;
 mod route;
+mod serve;
 mod train;
 
 use std::process::ExitCode;
@@ -50,6 +51,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Derive a routing policy from eval results, and export it for other routers.
     Route(route::RouteArgs),
+    /// Serve the local model, or a routing policy as a gateway, over an OpenAI-compatible API.
+    Serve(serve::ServeArgs),
     /// Merge a LoRA adapter into its base model and write a Hugging Face folder.
     Merge(merge::MergeArgs),
     /// Benchmarks, with peers measured side by side in the same run.
@@ -115,6 +118,7 @@ pub fn main() -> ExitCode {
         Command::Merge(a) => merge::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Route(a) => route::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Bench(a) => bench::run(a),
     };
     match result {

@@ -16,6 +16,10 @@ use crate::generate::{Engine, FinishReason, GenerateOptions};
 
 struct Job {
     req: ChatRequest,
+    /// The single message's content is the whole prompt: no chat template (`/v1/completions`).
+    raw: bool,
+    /// Text as it is settled, for streaming responses.
+    stream: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     sent: Instant,
     reply: oneshot::Sender<Result<ChatResponse, ProviderError>>,
 }
@@ -102,10 +106,15 @@ fn run_batch(engine: &Engine, jobs: Vec<Job>) {
     let mut ids = Vec::with_capacity(jobs.len());
     let mut ok_jobs = Vec::with_capacity(jobs.len());
     for job in jobs {
-        let encoded = engine
-            .tokenizer
-            .apply_chat_template(&job.req.messages, true)
-            .and_then(|text| engine.tokenizer.encode(&text, false));
+        let encoded = if job.raw {
+            let text = job.req.messages.first().map_or("", |m| m.content.as_str());
+            engine.tokenizer.encode(text, false)
+        } else {
+            engine
+                .tokenizer
+                .apply_chat_template(&job.req.messages, true)
+                .and_then(|text| engine.tokenizer.encode(&text, false))
+        };
         match encoded {
             Ok(t) => {
                 ids.push(t);
@@ -133,10 +142,16 @@ fn run_batch(engine: &Engine, jobs: Vec<Job>) {
     };
     let started = Instant::now();
     let mut first_text: Vec<Option<Instant>> = vec![None; ok_jobs.len()];
+    let streams: Vec<_> = ok_jobs.iter().map(|j| j.stream.clone()).collect();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         engine.generate_batch(&ids, &opts, |row, text| {
             if !text.is_empty() && first_text[row].is_none() {
                 first_text[row] = Some(Instant::now());
+            }
+            if let Some(tx) = &streams[row]
+                && !text.is_empty()
+            {
+                let _ = tx.send(text.to_string());
             }
         })
     }));
@@ -179,23 +194,36 @@ fn run_batch(engine: &Engine, jobs: Vec<Job>) {
     }
 }
 
+impl LocalProvider {
+    /// Generate for a request: `raw` skips the chat template (the first message is the prompt);
+    /// `stream` receives the text as it settles.
+    pub async fn generate(
+        &self,
+        req: &ChatRequest,
+        raw: bool,
+        stream: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    ) -> Result<ChatResponse, ProviderError> {
+        let (reply, rx) = oneshot::channel();
+        let stopped = || ProviderError::Local("the model's worker has stopped".into());
+        self.tx
+            .send(Job {
+                req: req.clone(),
+                raw,
+                stream,
+                sent: Instant::now(),
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
 impl Provider for LocalProvider {
     fn chat<'a>(
         &'a self,
         req: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
-        Box::pin(async move {
-            let (reply, rx) = oneshot::channel();
-            self.tx
-                .send(Job {
-                    req: req.clone(),
-                    sent: Instant::now(),
-                    reply,
-                })
-                .map_err(|_| ProviderError::Local("the model's worker has stopped".into()))?;
-            rx.await
-                .map_err(|_| ProviderError::Local("the model's worker has stopped".into()))?
-        })
+        Box::pin(self.generate(req, false, None))
     }
 
     fn identity(&self) -> Value {

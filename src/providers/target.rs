@@ -164,6 +164,8 @@ impl TargetSpec {
 pub struct Target {
     pub spec: TargetSpec,
     pub provider: Arc<dyn Provider>,
+    /// The same provider when it is the local model (raw prompts and streaming for `serve`).
+    pub local: Option<Arc<LocalProvider>>,
     pub limiter: RateLimiter,
     pub slots: Arc<Semaphore>,
     pub concurrency: usize,
@@ -201,6 +203,7 @@ fn expand_headers(h: &BTreeMap<String, String>) -> Result<BTreeMap<String, Strin
 impl Target {
     pub fn build(spec: TargetSpec) -> Result<Self, ProviderError> {
         let err = |m: String| ProviderError::Config(format!("target `{}`: {m}", spec.name));
+        let mut local = None;
         let (provider, concurrency): (Arc<dyn Provider>, usize) = if spec.provider == "local" {
             let batch = spec.batch_size.unwrap_or(8);
             for (set, key) in [
@@ -243,7 +246,9 @@ impl Target {
                 batch,
             )
             .map_err(|e| err(e.to_string()))?;
-            (Arc::new(p), spec.concurrency.unwrap_or(batch))
+            let p = Arc::new(p);
+            local = Some(p.clone());
+            (p, spec.concurrency.unwrap_or(batch))
         } else {
             let preset = presets::find(&spec.provider).ok_or_else(|| {
                 err(format!(
@@ -288,6 +293,7 @@ impl Target {
                 ..Default::default()
             },
             provider,
+            local,
             spec,
         })
     }
