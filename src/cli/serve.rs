@@ -69,7 +69,10 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
                     targets.insert(name.clone(), Arc::new(Target::build(spec.clone())?));
                 }
             }
-            Backend::Gateway { policy, targets }
+            Backend::Gateway {
+                policy: Box::new(policy),
+                targets,
+            }
         }
         None => {
             let name = a.name.clone().unwrap_or_else(|| {

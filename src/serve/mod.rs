@@ -29,7 +29,7 @@ pub enum Backend {
     Local { name: String, target: Arc<Target> },
     /// A policy's routes over its targets.
     Gateway {
-        policy: Policy,
+        policy: Box<Policy>,
         targets: BTreeMap<String, Arc<Target>>,
     },
 }
@@ -133,44 +133,41 @@ impl CompletionBody {
     }
 }
 
-fn check_auth(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
-    let Some(key) = &state.api_key else {
-        return Ok(());
-    };
+/// The refusal, when the request lacks the server's bearer token.
+fn check_auth(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    let key = state.api_key.as_ref()?;
     let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(key.as_str()) {
-        Ok(())
-    } else {
-        Err(error(
+    (given != Some(key.as_str())).then(|| {
+        error(
             StatusCode::UNAUTHORIZED,
             "invalid_request_error",
             "missing or wrong API key (send `Authorization: Bearer <key>`)",
             None,
-        ))
-    }
+        )
+    })
 }
 
 fn parse(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<CompletionBody, Response> {
+) -> Result<CompletionBody, Box<Response>> {
     let bytes = body.map_err(|e| {
-        error(
+        Box::new(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request_error",
             format!("request body: {e}"),
             None,
-        )
+        ))
     })?;
     serde_json::from_slice(&bytes).map_err(|e| {
-        error(
+        Box::new(error(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
             format!("the body is not a valid request: {e}"),
             None,
-        )
+        ))
     })
 }
 
@@ -538,12 +535,12 @@ async fn chat_handler(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    if let Err(r) = check_auth(&s, &headers) {
+    if let Some(r) = check_auth(&s, &headers) {
         return r;
     }
     match parse(body) {
         Ok(b) => completions(&s, &headers, b, true).await,
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -552,17 +549,17 @@ async fn text_handler(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    if let Err(r) = check_auth(&s, &headers) {
+    if let Some(r) = check_auth(&s, &headers) {
         return r;
     }
     match parse(body) {
         Ok(b) => completions(&s, &headers, b, false).await,
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
 async fn models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = check_auth(&s, &headers) {
+    if let Some(r) = check_auth(&s, &headers) {
         return r;
     }
     let ids: Vec<String> = match &s.backend {
