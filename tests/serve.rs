@@ -174,3 +174,47 @@ fn the_gateway_routes_by_task_and_falls_back() {
     );
     assert_eq!(up.requests(), 2);
 }
+
+/// More requests than `--max-concurrency` at once: the extra one gets 429 with Retry-After and an
+/// OpenAI-style body, not a queue that grows without bound.
+#[test]
+fn requests_beyond_the_concurrency_limit_get_429() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let slow = Behaviour {
+        latency: Duration::from_millis(1500),
+        chunk_delay: Duration::ZERO,
+    };
+    let up = rt.block_on(FaultServer::start(0, slow, true)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let policy = serde_json::json!({
+        "version": 1, "created_at": 0.0, "objective": "quality", "constraints": {}, "margin": 0.02, "runs": {},
+        "targets": {"up": {"name": "up", "provider": "openai-compatible", "model": "up", "base_url": up.base_url()}},
+        "routes": [{"task": "qa", "suite": "s", "primary": "up", "fallbacks": [], "reason": "test", "constraints_met": true, "evidence": []}],
+        "predicted": [],
+    });
+    std::fs::write(d.join("policy.json"), policy.to_string()).unwrap();
+    let (_serve, port) = start_serve(&["--policy", "policy.json", "--max-concurrency", "1"], d);
+    let call = move || {
+        let out = Command::new("curl")
+            .args(["-s", "-D", "-", "-H", &format!("authorization: Bearer {KEY}")])
+            .args(["-d", r#"{"model": "route/qa", "messages": [{"role": "user", "content": "[answer:x] q"}]}"#])
+            .arg(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let first = std::thread::spawn(call);
+    std::thread::sleep(Duration::from_millis(500));
+    let second = call();
+    assert!(second.starts_with("HTTP/1.1 429"), "{second}");
+    assert!(
+        second.to_lowercase().contains("retry-after: 1") && second.contains("rate_limit_error"),
+        "{second}"
+    );
+    assert!(first.join().unwrap().starts_with("HTTP/1.1 200"));
+}
