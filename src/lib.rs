@@ -8,6 +8,7 @@ pub mod eval;
 pub mod generate;
 pub mod model;
 pub mod providers;
+pub mod report;
 pub mod route;
 pub mod runtime;
 pub mod serve;

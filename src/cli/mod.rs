@@ -10,7 +10,9 @@ mod eval;
 mod generate;
 mod merge;
 mod models;
+mod report;
 mod route;
+mod run;
 mod serve;
 mod train;
 
@@ -53,6 +55,10 @@ enum Command {
     Route(route::RouteArgs),
     /// Serve the local model, or a routing policy as a gateway, over an OpenAI-compatible API.
     Serve(serve::ServeArgs),
+    /// The main job: recipe → training → evals of base, tuned and providers → routing policy → report.
+    Run(run::RunArgs),
+    /// Write a run's report: Markdown and one self-contained HTML file with plots.
+    Report(report::ReportArgs),
     /// Merge a LoRA adapter into its base model and write a Hugging Face folder.
     Merge(merge::MergeArgs),
     /// Benchmarks, with peers measured side by side in the same run.
@@ -119,6 +125,8 @@ pub fn main() -> ExitCode {
         Command::Eval(a) => eval::run(a),
         Command::Route(a) => route::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Report(a) => report::run(a),
         Command::Bench(a) => bench::run(a),
     };
     match result {

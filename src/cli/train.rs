@@ -22,6 +22,9 @@ pub struct TrainArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Write the run here instead of the recipe's `output_dir`.
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
     /// Stop as Ctrl-C would after this step (saves a checkpoint): for testing resumption.
     #[arg(long, hide = true)]
     interrupt_after: Option<usize>,
@@ -29,7 +32,10 @@ pub struct TrainArgs {
 
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     switchyard::runtime::set_threads(a.threads);
-    let recipe = LoadedRecipe::load(&a.recipe)?;
+    let mut recipe = LoadedRecipe::load(&a.recipe)?;
+    if let Some(d) = &a.output_dir {
+        recipe.recipe.output_dir = d.clone();
+    }
     let device = recipe.recipe.device.device().map_err(anyhow::Error::msg)?;
     let prepared = train::prepare(recipe)?;
     let plan = &prepared.plan;

@@ -103,9 +103,14 @@ impl TargetsFile {
     pub fn load(path: &Path) -> Result<Vec<TargetSpec>, ProviderError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ProviderError::Config(format!("{}: {e}", path.display())))?;
-        let mut f: TargetsFile = toml::from_str(&text).map_err(|e| {
-            ProviderError::Config(format!("{}: {}", path.display(), e.to_string().trim_end()))
-        })?;
+        let bad =
+            |e: String| ProviderError::Config(format!("{}: {}", path.display(), e.trim_end()));
+        // TOML as people write it; JSON as programs (`switchyard run`) write it.
+        let mut f: TargetsFile = if path.extension().is_some_and(|e| e == "json") {
+            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?
+        } else {
+            toml::from_str(&text).map_err(|e| bad(e.to_string()))?
+        };
         let base = path.parent().unwrap_or(Path::new("."));
         for t in &mut f.targets {
             if let Some(a) = t.adapter.as_mut()

@@ -1,0 +1,91 @@
+//! `switchyard run`: recipe → training → eval of base and tuned → policy → report, on the real
+//! model with a small recipe; a second run skips every stage; the report and the run record hold
+//! what a reader needs.
+
+mod common;
+
+use common::cli;
+
+#[test]
+fn a_pipeline_runs_end_to_end_and_a_rerun_skips_every_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::write(
+        d.join("pipeline.toml"),
+        format!(
+            "name = \"tiny\"\nout = \"{out}\"\nrecipe = \"{root}/recipes/smoke.toml\"\nsuites = [\"{root}/evals/word-reversal.toml\", \"{root}/evals/arithmetic.toml\"]\n\
+             limit = 3\nproviders = [\"groq-llama-3.1-8b\"]\ntargets_file = \"{root}/evals/targets.toml\"\n[route]\nmachine_price_per_hour = 0.1\nmin_cases = 1\n",
+            out = d.join("run").display(),
+            root = root.display()
+        ),
+    )
+    .unwrap();
+    let run = || {
+        let o = cli()
+            .current_dir(root)
+            .env_remove("GROQ_API_KEY")
+            .env(
+                "SWITCHYARD_HOME",
+                common::smollm2().0.parent().unwrap().parent().unwrap(),
+            )
+            .args(["run"])
+            .arg(d.join("pipeline.toml"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{err}");
+        err
+    };
+    let first = run();
+    assert!(
+        first.contains("skipping provider `groq-llama-3.1-8b`: GROQ_API_KEY is not set"),
+        "{first}"
+    );
+    let r = d.join("run");
+    assert!(r.join("train/adapter/adapter_model.safetensors").exists());
+    let summary = std::fs::read_to_string(r.join("eval/summary.csv")).unwrap();
+    assert!(
+        summary.contains("base") && summary.contains("tuned"),
+        "{summary}"
+    );
+    let policy: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(r.join("policy.json")).unwrap()).unwrap();
+    assert!(
+        policy["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["task"] == "word_reversal")
+    );
+    assert!(r.join("litellm.yaml").exists());
+    let html = std::fs::read_to_string(r.join("report.html")).unwrap();
+    assert!(
+        html.matches("<svg").count() >= 5,
+        "loss, 2 quality/cost, latency, economics"
+    );
+    assert!(html.contains("Routing table") && html.contains("word_reversal"));
+    for fetch in [
+        "src=\"http",
+        "href=\"http",
+        "<link",
+        "<script",
+        "@import",
+        "url(http",
+    ] {
+        assert!(!html.contains(fetch), "the HTML needs no network: {fetch}");
+    }
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(r.join("record/record.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["model"]["sha256"].as_object().unwrap().len(), 1);
+    assert!(r.join("record/smoke.toml").exists() && r.join("record/pipeline.toml").exists());
+
+    let second = run();
+    for stage in ["train", "eval", "route"] {
+        assert!(
+            second.contains(&format!("== {stage}: unchanged, skipped")),
+            "{stage}: {second}"
+        );
+    }
+}
