@@ -69,7 +69,7 @@ fn a_pipeline_runs_end_to_end_and_a_rerun_skips_every_stage() {
         "src=\"http",
         "href=\"http",
         "<link",
-        "<script",
+        "<script src",
         "@import",
         "url(http",
     ] {
@@ -80,6 +80,42 @@ fn a_pipeline_runs_end_to_end_and_a_rerun_skips_every_stage() {
             .unwrap();
     assert_eq!(record["model"]["sha256"].as_object().unwrap().len(), 1);
     assert!(r.join("record/smoke.toml").exists() && r.join("record/pipeline.toml").exists());
+
+    // As a person sees it: Chromium renders the page; every plot has a size and drawn marks.
+    let plots = html.matches("<figure class=\"plot\"").count();
+    let dom = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("file://{}", r.join("report.html").display()))
+        .output()
+        .expect("chromium (apt-get install chromium; .ci/run installs it)");
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        dom.contains(&format!("data-plots-rendered=\"{plots}\"")),
+        "{plots} plots: {}",
+        &dom[dom.len().saturating_sub(400)..]
+    );
+
+    // The notebooks run headlessly against the run's outputs.
+    let nb = std::process::Command::new(common::notebooks_python())
+        .arg(root.join("scripts/run_notebooks.py"))
+        .arg(&r)
+        .output()
+        .unwrap();
+    assert!(
+        nb.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&nb.stdout),
+        String::from_utf8_lossy(&nb.stderr)
+    );
+    for n in ["scores_by_tag", "failures", "compare_runs"] {
+        assert!(r.join(format!("notebooks/{n}.ipynb")).exists(), "{n}");
+    }
 
     let second = run();
     for stage in ["train", "eval", "route"] {

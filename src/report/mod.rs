@@ -504,7 +504,14 @@ pub fn build(o: &RunOutputs) -> Result<Report, ReportError> {
         let _ = writeln!(md, "\n---\n\n{detail}");
         let _ = write!(html, "<h2>Policy evidence</h2><pre>{}</pre>", esc(&detail));
     }
-    html.push_str("</body></html>\n");
+    // Rendered, each plot has a size and drawn marks; the page records how many (a headless
+    // browser's test reads it back).
+    html.push_str(
+        "<script>addEventListener('load',()=>{const ok=[...document.querySelectorAll('figure.plot svg')]\
+         .filter(e=>{const r=e.getBoundingClientRect();return r.width>50&&r.height>50&&\
+         e.querySelectorAll('path,line,circle,rect,polyline,text').length>5});\
+         document.body.dataset.plotsRendered=ok.length;});</script></body></html>\n",
+    );
     Ok(Report {
         markdown: md,
         html,

@@ -73,38 +73,51 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
-/// The LiteLLM proxy's `litellm` executable: `$SWITCHYARD_LITELLM`, or a venv under
-/// `$SWITCHYARD_HOME/peers/litellm` that this installs on first use with pip from PyPI, pinned by
-/// `tests/fixtures/litellm/requirements.txt` (about a minute, once).
+/// A Python venv under `$SWITCHYARD_HOME/peers/NAME`, installed on first use with pip from PyPI
+/// exactly as `tests/fixtures/REQUIREMENTS` pins it (about a minute, once).
+pub fn peer_venv(name: &str, requirements: &str) -> PathBuf {
+    let venv = switchyard::weights::resolve::home_dir()
+        .join("peers")
+        .join(name);
+    let marker = venv.join(".installed");
+    let wanted = std::fs::read_to_string(fixture(requirements)).unwrap();
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
+        return venv;
+    }
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().expect("python3");
+        assert!(
+            out.status.success(),
+            "{:?}: {}",
+            cmd,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(std::process::Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv));
+    run(std::process::Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--no-deps", "-r"])
+        .arg(fixture(requirements)));
+    std::fs::write(&marker, wanted).unwrap();
+    venv
+}
+
+/// The LiteLLM proxy's `litellm` executable: `$SWITCHYARD_LITELLM`, or the pinned peer venv.
 pub fn litellm_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("SWITCHYARD_LITELLM") {
-            return PathBuf::from(p);
-        }
-        let venv = switchyard::weights::resolve::home_dir().join("peers/litellm");
-        let bin = venv.join("bin/litellm");
-        if bin.exists() {
-            return bin;
-        }
-        let run = |cmd: &mut std::process::Command| {
-            let out = cmd.output().expect("python3");
-            assert!(
-                out.status.success(),
-                "{:?}: {}",
-                cmd,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(std::process::Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv));
-        run(std::process::Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--no-deps", "-r"])
-            .arg(fixture("litellm/requirements.txt")));
-        bin
+    BIN.get_or_init(|| match std::env::var_os("SWITCHYARD_LITELLM") {
+        Some(p) => PathBuf::from(p),
+        None => peer_venv("litellm", "litellm/requirements.txt").join("bin/litellm"),
     })
     .clone()
+}
+
+/// Python with polars, matplotlib and nbconvert, for the notebooks.
+pub fn notebooks_python() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| peer_venv("notebooks", "notebooks/requirements.txt").join("bin/python"))
+        .clone()
 }
 
 /// A child process killed when dropped.
