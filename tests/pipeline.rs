@@ -79,7 +79,8 @@ fn a_pipeline_runs_end_to_end_and_a_rerun_skips_every_stage() {
         serde_json::from_str(&std::fs::read_to_string(r.join("record/record.json")).unwrap())
             .unwrap();
     assert_eq!(record["model"]["sha256"].as_object().unwrap().len(), 1);
-    assert!(r.join("record/smoke.toml").exists() && r.join("record/pipeline.toml").exists());
+    assert!(r.join("record/recipe/smoke.toml").exists() && r.join("record/pipeline.toml").exists());
+    assert!(r.join("record/suites/word-reversal.toml").exists());
 
     // As a person sees it: Chromium renders the page; every plot has a size and drawn marks.
     let plots = html.matches("<figure class=\"plot\"").count();

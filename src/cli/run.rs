@@ -360,15 +360,19 @@ fn record(
     started: f64,
 ) -> anyhow::Result<()> {
     let dir = out.join("record");
-    for f in std::iter::once(pipeline)
-        .chain(std::iter::once(recipe))
-        .chain(suites.iter().map(|x| x.as_path()))
+    // A recipe and a suite may share a file name: each kind gets its own folder.
+    let mut copied = Vec::new();
+    for (sub, f) in std::iter::once(("", pipeline))
+        .chain(std::iter::once(("recipe", recipe)))
+        .chain(suites.iter().map(|x| ("suites", x.as_path())))
     {
         let name = f
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        write_atomic(&dir.join(name), &std::fs::read(f)?)?;
+        let rel = Path::new(sub).join(&name);
+        write_atomic(&dir.join(&rel), &std::fs::read(f)?)?;
+        copied.push(rel.display().to_string());
     }
     let git = Command::new("git")
         .args(["rev-parse", "HEAD"])
@@ -415,7 +419,7 @@ fn record(
         "seeds": {"recipe": loaded.recipe.seed},
         "limit": p.limit,
         "stages": stages,
-        "files": std::fs::read_dir(&dir)?.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect::<Vec<_>>(),
+        "files": copied,
     });
     write_atomic(
         &dir.join("record.json"),
