@@ -487,3 +487,33 @@ fn repeats_are_separate_requests_with_their_own_seeds() {
     run_ok(eval_cmd(d, &["stub"]).args(["--repeats", "4", "--fresh"]));
     assert_eq!(server.requests(), 16);
 }
+
+/// Header values: `${VAR}` references are expanded when sent and kept as references in
+/// `run.json`; literal values (possibly secrets) are not recorded.
+#[test]
+fn header_values_stay_out_of_run_records() {
+    let rt = runtime();
+    let server = rt
+        .block_on(FaultServer::start(0, Behaviour::default(), true))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("suite.toml"),
+        "name = \"h\"\nuser = \"[answer:x] q\"\n[[scorers]]\ntype = \"json\"\n[[cases]]\nn = 1\n",
+    )
+    .unwrap();
+    write_targets(d, &[("stub", &server, true)], 1);
+    let t = std::fs::read_to_string(d.join("targets.toml")).unwrap()
+        + "headers = { X-Ref = \"${SWITCHYARD_TEST_KEY}\", X-Literal = \"literal-value-4242\" }\n";
+    std::fs::write(d.join("targets.toml"), t).unwrap();
+    run_ok(&mut eval_cmd(d, &["stub"]));
+    assert_eq!(server.requests(), 1);
+    let run = std::fs::read_to_string(d.join("out/run.json")).unwrap();
+    assert!(run.contains("${SWITCHYARD_TEST_KEY}"), "{run}");
+    assert!(
+        !run.contains("literal-value-4242") && run.contains("[not recorded]"),
+        "{run}"
+    );
+    assert_absent(&d.join("out"), KEY);
+}

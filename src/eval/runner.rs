@@ -472,7 +472,15 @@ fn write_run_json(
             let mut spec = serde_json::to_value(&t.spec).unwrap_or(Value::Null);
             if let Some(h) = spec.get_mut("headers").and_then(Value::as_object_mut) {
                 for v in h.values_mut() {
-                    *v = json!("[not recorded]");
+                    // `${VAR}` references are kept (a policy derived from this run can use them);
+                    // literal values may be secrets and are left out.
+                    let only_refs = v.as_str().is_some_and(|s| {
+                        regex::Regex::new(r"^(\$\{[A-Za-z_][A-Za-z0-9_]*\})+$")
+                            .is_ok_and(|re| re.is_match(s))
+                    });
+                    if !only_refs {
+                        *v = json!("[not recorded]");
+                    }
                 }
             }
             json!({ "spec": spec, "identity": t.provider.identity() })

@@ -186,6 +186,11 @@ fn sha256_file(path: &Path) -> Result<String, String> {
 fn expand_headers(h: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, String> {
     h.iter()
         .map(|(k, v)| {
+            if v == "[not recorded]" {
+                return Err(format!(
+                    "header `{k}` was not recorded in the run (its value was literal): give it as \"${{VAR}}\" in the targets file"
+                ));
+            }
             let mut out = String::new();
             let mut rest = v.as_str();
             while let Some(start) = rest.find("${") {
