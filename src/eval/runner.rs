@@ -466,6 +466,7 @@ fn write_run_json(
     targets: &[Arc<Target>],
     repeats: &dyn Fn(&Suite) -> u32,
 ) -> Result<(), EvalError> {
+    let refs_only = regex::Regex::new(r"^(\$\{[A-Za-z_][A-Za-z0-9_]*\})+$").expect("valid");
     let targets: Vec<Value> = targets
         .iter()
         .map(|t| {
@@ -474,10 +475,7 @@ fn write_run_json(
                 for v in h.values_mut() {
                     // `${VAR}` references are kept (a policy derived from this run can use them);
                     // literal values may be secrets and are left out.
-                    let only_refs = v.as_str().is_some_and(|s| {
-                        regex::Regex::new(r"^(\$\{[A-Za-z_][A-Za-z0-9_]*\})+$")
-                            .is_ok_and(|re| re.is_match(s))
-                    });
+                    let only_refs = v.as_str().is_some_and(|s| refs_only.is_match(s));
                     if !only_refs {
                         *v = json!("[not recorded]");
                     }
