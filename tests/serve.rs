@@ -165,6 +165,8 @@ fn the_gateway_routes_by_task_and_falls_back() {
     assert_eq!(v["target"], "up");
     assert_eq!(v["attempts"], "2");
     assert_eq!(v["stream_text"], "streamed too");
+    // Passed through as the target streams it, not re-chunked at the end.
+    assert_eq!(v["stream_chunks"], 2, "{v}");
     assert!(
         v["models"]
             .as_array()

@@ -151,6 +151,16 @@ impl HttpProvider {
     }
 
     async fn send(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+        self.send_streaming(req, None).await
+    }
+
+    /// Send a request; with `deltas`, each piece of text is passed on as it arrives (the gateway
+    /// streams a target's answer through).
+    pub async fn send_streaming(
+        &self,
+        req: &ChatRequest,
+        deltas: Option<&tokio::sync::mpsc::UnboundedSender<String>>,
+    ) -> Result<ChatResponse, ProviderError> {
         let started = Instant::now();
         let mut rb = self
             .client
@@ -181,7 +191,7 @@ impl HttpProvider {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if streamed {
-            self.read_stream(resp, started).await
+            self.read_stream(resp, started, deltas).await
         } else {
             let bytes = resp.bytes().await.map_err(|e| self.net_error(e))?;
             let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
@@ -200,6 +210,7 @@ impl HttpProvider {
         &self,
         resp: reqwest::Response,
         started: Instant,
+        deltas: Option<&tokio::sync::mpsc::UnboundedSender<String>>,
     ) -> Result<ChatResponse, ProviderError> {
         let mut out = ChatResponse {
             text: String::new(),
@@ -241,7 +252,13 @@ impl HttpProvider {
                         retry_after_s: None,
                     });
                 }
+                let before = out.text.len();
                 self.take_chunk(&v, &mut out, started);
+                if let Some(tx) = deltas
+                    && out.text.len() > before
+                {
+                    let _ = tx.send(out.text[before..].to_string());
+                }
             }
         }
         // Mistral and some servers end without `[DONE]` but with a finish reason; a stream with

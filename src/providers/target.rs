@@ -171,6 +171,8 @@ pub struct Target {
     pub provider: Arc<dyn Provider>,
     /// The same provider when it is the local model (raw prompts and streaming for `serve`).
     pub local: Option<Arc<LocalProvider>>,
+    /// The same provider when it is an HTTP endpoint (streaming through the gateway).
+    pub http: Option<Arc<HttpProvider>>,
     pub limiter: RateLimiter,
     pub slots: Arc<Semaphore>,
     pub concurrency: usize,
@@ -214,6 +216,7 @@ impl Target {
     pub fn build(spec: TargetSpec) -> Result<Self, ProviderError> {
         let err = |m: String| ProviderError::Config(format!("target `{}`: {m}", spec.name));
         let mut local = None;
+        let mut http = None;
         let (provider, concurrency): (Arc<dyn Provider>, usize) = if spec.provider == "local" {
             let batch = spec.batch_size.unwrap_or(8);
             for (set, key) in [
@@ -291,7 +294,9 @@ impl Target {
                 },
             )
             .map_err(|e| err(e.to_string()))?;
-            (Arc::new(p), spec.concurrency.unwrap_or(8))
+            let p = Arc::new(p);
+            http = Some(p.clone());
+            (p, spec.concurrency.unwrap_or(8))
         };
         let concurrency = concurrency.max(1);
         Ok(Self {
@@ -304,6 +309,7 @@ impl Target {
             },
             provider,
             local,
+            http,
             spec,
         })
     }

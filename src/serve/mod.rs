@@ -351,6 +351,136 @@ async fn stream_local(
     sse(Body::from_stream(stream))
 }
 
+/// Start one target's answer with its text streamed into a channel: the local model or an HTTP
+/// endpoint stream token by token; any other provider delivers its whole answer at the end.
+fn start_streaming(
+    t: &Arc<Target>,
+    req: &ChatRequest,
+) -> (
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+    tokio::task::JoinHandle<Result<ChatResponse, ProviderError>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (t, req) = (t.clone(), req.clone());
+    let handle = tokio::spawn(async move {
+        let _slot = t.slots.acquire().await.expect("open");
+        if let Some(l) = &t.local {
+            l.generate(&req, false, Some(tx)).await
+        } else if let Some(h) = &t.http {
+            h.send_streaming(&req, Some(&tx)).await
+        } else {
+            t.provider.chat(&req).await
+        }
+    });
+    (rx, handle)
+}
+
+/// The gateway, streamed: a target is committed to once its first text arrives (a target that
+/// fails before that hands over to the next); its text is then passed through as it comes.
+async fn stream_gateway(
+    chain: &[String],
+    targets: &BTreeMap<String, Arc<Target>>,
+    req: &ChatRequest,
+    model: String,
+    route: Option<String>,
+    include_usage: bool,
+) -> Response {
+    let mut last = None;
+    for (i, name) in chain.iter().enumerate() {
+        let (mut rx, mut handle) = start_streaming(&targets[name], req);
+        let first = tokio::select! {
+            Some(text) = rx.recv() => Ok(Some(text)),
+            r = &mut handle => match r {
+                Ok(Ok(resp)) => Err(Ok(resp)),
+                Ok(Err(e)) => Err(Err(e)),
+                Err(e) => Err(Err(ProviderError::Local(format!("the target's task failed: {e}")))),
+            },
+        };
+        let first = match first {
+            Ok(t) => t,
+            // Finished without streamed text (an empty answer, or a provider that does not stream).
+            Err(Ok(resp)) => {
+                let r = completion_response(&resp, &model, true, true, include_usage);
+                return with_headers(r, name, route.as_deref(), i + 1);
+            }
+            Err(Err(e)) => {
+                tracing::warn!("gateway: target `{name}` failed ({e}); trying the next");
+                last = Some(e);
+                continue;
+            }
+        };
+        let (out_tx, out_rx) =
+            tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
+        let id = format!("chatcmpl-{:016x}", rand::random::<u64>());
+        let m = model.clone();
+        tokio::spawn(async move {
+            let send = |s: String| {
+                let out_tx = out_tx.clone();
+                async move { out_tx.send(Ok(Bytes::from(s))).await.is_ok() }
+            };
+            send(chunk(
+                &id,
+                &m,
+                json!({"role": "assistant", "content": ""}),
+                None,
+            ))
+            .await;
+            if let Some(t) = first {
+                send(chunk(&id, &m, json!({"content": t}), None)).await;
+            }
+            while let Some(t) = rx.recv().await {
+                if !send(chunk(&id, &m, json!({"content": t}), None)).await {
+                    return;
+                }
+            }
+            match handle.await {
+                Ok(Ok(r)) => {
+                    let finish = r.finish_reason.clone().unwrap_or_else(|| "stop".into());
+                    send(chunk(&id, &m, json!({}), Some(&finish))).await;
+                    if include_usage {
+                        send(format!(
+                            "data: {}\n\n",
+                            json!({"id": id, "object": "chat.completion.chunk", "created": now(), "model": m, "choices": [], "usage": usage(&r)})
+                        ))
+                        .await;
+                    }
+                }
+                Ok(Err(e)) => {
+                    send(format!(
+                        "data: {}\n\n",
+                        json!({"error": {"message": e.to_string(), "type": "upstream_error"}})
+                    ))
+                    .await;
+                }
+                Err(e) => {
+                    send(format!(
+                        "data: {}\n\n",
+                        json!({"error": {"message": e.to_string(), "type": "server_error"}})
+                    ))
+                    .await;
+                }
+            }
+            send("data: [DONE]\n\n".into()).await;
+        });
+        let stream = futures_util::stream::unfold(out_rx, |mut rx| async move {
+            rx.recv().await.map(|x| (x, rx))
+        });
+        return with_headers(
+            sse(Body::from_stream(stream)),
+            name,
+            route.as_deref(),
+            i + 1,
+        );
+    }
+    let e = last.expect("a non-empty chain");
+    with_headers(
+        provider_error(&e),
+        chain.last().map_or("", |s| s.as_str()),
+        route.as_deref(),
+        chain.len(),
+    )
+}
+
 async fn completions(
     state: &AppState,
     headers: &HeaderMap,
@@ -494,6 +624,18 @@ async fn completions(
                     );
                 }
             };
+            if body.stream {
+                let shown = format!("route/{}", route.as_deref().unwrap_or(&chain[0]));
+                return stream_gateway(
+                    &chain,
+                    targets,
+                    &req,
+                    shown,
+                    route.clone(),
+                    body.include_usage(),
+                )
+                .await;
+            }
             let mut last = None;
             for (i, name) in chain.iter().enumerate() {
                 let t = &targets[name];
