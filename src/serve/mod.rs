@@ -282,15 +282,26 @@ fn sse(body: Body) -> Response {
 }
 
 /// Token-by-token streaming from the local model.
-async fn stream_local(
-    target: Arc<Target>,
-    req: ChatRequest,
-    raw: bool,
+fn stream_local(
+    target: &Arc<Target>,
+    req: &ChatRequest,
     model: String,
     include_usage: bool,
 ) -> Response {
-    let local = target.local.clone().expect("a local target");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (rx, handle) = start_streaming(target, req);
+    forward(rx, handle, None, model, include_usage)
+}
+
+/// An SSE response that passes a target's text through as it arrives (`first` already came),
+/// then its finish reason, usage when asked, and `[DONE]`; an error after the first token ends
+/// the stream with an error event.
+fn forward(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+    handle: tokio::task::JoinHandle<Result<ChatResponse, ProviderError>>,
+    first: Option<String>,
+    model: String,
+    include_usage: bool,
+) -> Response {
     let (out_tx, out_rx) =
         tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
     let id = format!("chatcmpl-{:016x}", rand::random::<u64>());
@@ -299,6 +310,7 @@ async fn stream_local(
             let out_tx = out_tx.clone();
             async move { out_tx.send(Ok(Bytes::from(s))).await.is_ok() }
         };
+        let event = |v: Value| format!("data: {v}\n\n");
         send(chunk(
             &id,
             &model,
@@ -306,41 +318,39 @@ async fn stream_local(
             None,
         ))
         .await;
-        let generation = local.generate(&req, raw, Some(tx));
-        tokio::pin!(generation);
-        let result = loop {
-            tokio::select! {
-                Some(text) = rx.recv() => {
-                    if !send(chunk(&id, &model, json!({"content": text}), None)).await {
-                        return;
-                    }
-                }
-                r = &mut generation => break r,
-            }
-        };
-        while let Ok(text) = rx.try_recv() {
-            send(chunk(&id, &model, json!({"content": text}), None)).await;
+        if let Some(t) = first {
+            send(chunk(&id, &model, json!({"content": t}), None)).await;
         }
-        match result {
-            Ok(r) => {
+        while let Some(t) = rx.recv().await {
+            if !send(chunk(&id, &model, json!({"content": t}), None)).await {
+                return;
+            }
+        }
+        let failed = |message: String, kind: &str| {
+            event(json!({"error": {"message": message, "type": kind}}))
+        };
+        match handle.await {
+            Ok(Ok(r)) => {
                 let finish = r.finish_reason.clone().unwrap_or_else(|| "stop".into());
                 send(chunk(&id, &model, json!({}), Some(&finish))).await;
                 if include_usage {
-                    send(format!(
-                        "data: {}\n\n",
-                        json!({"id": id, "object": "chat.completion.chunk", "created": now(), "model": model, "choices": [], "usage": usage(&r)})
+                    send(event(
+                        json!({"id": id, "object": "chat.completion.chunk", "created": now(),
+                        "model": model, "choices": [], "usage": usage(&r)}),
                     ))
                     .await;
                 }
             }
-            Err(e) => {
-                send(format!(
-                    "data: {}\n\n",
-                    json!({"error": {"message": e.to_string(), "type": "server_error"}})
-                ))
-                .await;
+            Ok(Err(e @ ProviderError::Local(_))) => {
+                send(failed(e.to_string(), "server_error")).await;
             }
-        }
+            Ok(Err(e)) => {
+                send(failed(e.to_string(), "upstream_error")).await;
+            }
+            Err(e) => {
+                send(failed(e.to_string(), "server_error")).await;
+            }
+        };
         send("data: [DONE]\n\n".into()).await;
     });
     let stream =
@@ -409,68 +419,8 @@ async fn stream_gateway(
                 continue;
             }
         };
-        let (out_tx, out_rx) =
-            tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
-        let id = format!("chatcmpl-{:016x}", rand::random::<u64>());
-        let m = model.clone();
-        tokio::spawn(async move {
-            let send = |s: String| {
-                let out_tx = out_tx.clone();
-                async move { out_tx.send(Ok(Bytes::from(s))).await.is_ok() }
-            };
-            send(chunk(
-                &id,
-                &m,
-                json!({"role": "assistant", "content": ""}),
-                None,
-            ))
-            .await;
-            if let Some(t) = first {
-                send(chunk(&id, &m, json!({"content": t}), None)).await;
-            }
-            while let Some(t) = rx.recv().await {
-                if !send(chunk(&id, &m, json!({"content": t}), None)).await {
-                    return;
-                }
-            }
-            match handle.await {
-                Ok(Ok(r)) => {
-                    let finish = r.finish_reason.clone().unwrap_or_else(|| "stop".into());
-                    send(chunk(&id, &m, json!({}), Some(&finish))).await;
-                    if include_usage {
-                        send(format!(
-                            "data: {}\n\n",
-                            json!({"id": id, "object": "chat.completion.chunk", "created": now(), "model": m, "choices": [], "usage": usage(&r)})
-                        ))
-                        .await;
-                    }
-                }
-                Ok(Err(e)) => {
-                    send(format!(
-                        "data: {}\n\n",
-                        json!({"error": {"message": e.to_string(), "type": "upstream_error"}})
-                    ))
-                    .await;
-                }
-                Err(e) => {
-                    send(format!(
-                        "data: {}\n\n",
-                        json!({"error": {"message": e.to_string(), "type": "server_error"}})
-                    ))
-                    .await;
-                }
-            }
-            send("data: [DONE]\n\n".into()).await;
-        });
-        let stream = futures_util::stream::unfold(out_rx, |mut rx| async move {
-            rx.recv().await.map(|x| (x, rx))
-        });
-        return with_headers(
-            sse(Body::from_stream(stream)),
-            name,
-            route.as_deref(),
-            i + 1,
-        );
+        let resp = forward(rx, handle, first, model.clone(), include_usage);
+        return with_headers(resp, name, route.as_deref(), i + 1);
     }
     let e = last.expect("a non-empty chain");
     with_headers(
@@ -550,14 +500,7 @@ async fn completions(
             }
             if body.stream {
                 return with_headers(
-                    stream_local(
-                        target.clone(),
-                        req,
-                        !chat,
-                        name.clone(),
-                        body.include_usage(),
-                    )
-                    .await,
+                    stream_local(target, &req, name.clone(), body.include_usage()),
                     name,
                     None,
                     1,
