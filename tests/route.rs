@@ -88,6 +88,28 @@ fn policy(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("policy.json")).unwrap()).unwrap()
 }
 
+/// The route of `task` in the policy written to `d/policy.json`.
+fn route(d: &Path, task: &str) -> serde_json::Value {
+    let p = policy(d);
+    p["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["task"] == task)
+        .unwrap_or_else(|| panic!("no route for {task}: {p}"))
+        .clone()
+}
+
+/// A route's evidence for one target.
+fn evidence<'a>(route: &'a serde_json::Value, target: &str) -> &'a serde_json::Value {
+    route["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["target"] == target)
+        .unwrap()
+}
+
 fn urls() -> Vec<(&'static str, String)> {
     ["strong", "cheap", "weak"]
         .iter()
@@ -102,13 +124,7 @@ fn a_cheaper_target_wins_only_when_the_evidence_says_it_is_not_worse() {
     // 400 cases, `cheap` misses 2: its difference to `strong` is −0.5 points, CI well inside −2.
     write_run(&d.join("run"), 400, 2, &urls());
     ok(switchyard(d).args(["route", "derive", "run", "--out", "policy.json"]));
-    let p = policy(d);
-    let qa = p["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["task"] == "qa")
-        .unwrap();
+    let qa = route(d, "qa");
     assert_eq!(qa["primary"], "cheap", "{qa}");
     assert_eq!(qa["fallbacks"][0], "strong");
     assert!(
@@ -133,20 +149,9 @@ fn a_cheaper_target_wins_only_when_the_evidence_says_it_is_not_worse() {
     // 40 cases with 4 misses: the same point estimate cannot rule out a 2-point loss.
     write_run(&d.join("small"), 40, 4, &urls());
     ok(switchyard(d).args(["route", "derive", "small", "--out", "policy.json"]));
-    let p = policy(d);
-    let qa = p["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["task"] == "qa")
-        .unwrap();
+    let qa = route(d, "qa");
     assert_eq!(qa["primary"], "strong", "{qa}");
-    let cheap = qa["evidence"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["target"] == "cheap")
-        .unwrap();
+    let cheap = evidence(&qa, "cheap");
     assert_eq!(cheap["non_inferior"], false);
     assert!(cheap["vs_best"]["ci_low"].as_f64().unwrap() < -0.02);
 
@@ -160,20 +165,9 @@ fn a_cheaper_target_wins_only_when_the_evidence_says_it_is_not_worse() {
         "--max-cost-per-1k",
         "0.5",
     ]));
-    let p = policy(d);
-    let qa = p["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["task"] == "qa")
-        .unwrap();
+    let qa = route(d, "qa");
     assert_eq!(qa["primary"], "cheap");
-    let strong = qa["evidence"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["target"] == "strong")
-        .unwrap();
+    let strong = evidence(&qa, "strong");
     assert!(
         strong["excluded"].as_str().unwrap().contains("cost"),
         "{strong}"
@@ -222,13 +216,7 @@ fn litellm_loads_the_exported_policy_routes_and_falls_back() {
         "--objective",
         "quality",
     ]));
-    let p = policy(d);
-    let qa = p["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["task"] == "qa")
-        .unwrap();
+    let qa = route(d, "qa");
     assert_eq!(
         (qa["primary"].as_str(), qa["fallbacks"][0].as_str()),
         (Some("strong"), Some("cheap"))
