@@ -70,7 +70,12 @@ pub fn set_threads(threads: Option<usize>) {
 /// Put loaded model files on a device.
 pub fn engine_from_files(files: ModelFiles, device: &Device) -> Result<Engine, WeightsError> {
     let started = Instant::now();
-    let model = CausalLm::load(&files.resolved, files.source.as_ref(), device)?;
+    let model = CausalLm::load_with(
+        &files.resolved,
+        files.source.as_ref(),
+        device,
+        files.quantized_decode,
+    )?;
     tracing::debug!("loaded {} in {:.2?}", files.origin, started.elapsed());
     Ok(Engine {
         model,

@@ -208,3 +208,61 @@ fn sharded_safetensors_load_like_a_single_file() {
         b.sequence_logits(&input, 5, &device)
     );
 }
+
+/// Greedy steps against llama.cpp on the same GGUF (`scripts/llamacpp_reference.py`), feeding
+/// llama.cpp's token at each step. Returns the largest difference of the log-probability of
+/// llama.cpp's top token, and the steps whose argmax differs where llama.cpp's top two are more
+/// than `margin` apart.
+fn against_llamacpp(quantized: bool, margin: f32) -> (f32, Vec<String>) {
+    let (_, gguf) = common::smollm2();
+    let mut files = open_gguf(gguf, "gguf").unwrap();
+    files.quantized_decode = quantized;
+    let engine = engine_from_files(files, &common::cpu()).unwrap();
+    // 30 layers × 7 projections + the tied output layer, or none.
+    let expected = if quantized { 30 * 7 + 1 } else { 0 };
+    assert_eq!(engine.model.quantized_products(), expected);
+    let reference = read(&common::fixture("smollm2_llamacpp_reference.json"));
+    let (mut worst, mut flips) = (0f32, Vec::new());
+    for prompt in reference["prompts"].as_array().unwrap() {
+        let name = prompt["name"].as_str().unwrap();
+        let mut cache = switchyard::model::KvCache::new(engine.model.num_layers(), vec![0]);
+        let mut logits = engine
+            .step(ids(&prompt["input_ids"]), 1, &mut cache)
+            .remove(0);
+        for (i, step) in prompt["greedy"].as_array().unwrap().iter().enumerate() {
+            let lp = log_softmax(&logits);
+            let top = ids(&step["top_ids"]);
+            let want: Vec<f32> = step["top_logprobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            worst = worst.max((lp[top[0] as usize] - want[0]).abs());
+            let ours = switchyard::generate::top_n(&logits, 1)[0] as u32;
+            if ours != top[0] && want[0] - want[1] > margin {
+                flips.push(format!("{name} step {i}: {ours} instead of {}", top[0]));
+            }
+            logits = engine.step(vec![top[0]], 1, &mut cache).remove(0);
+        }
+    }
+    (worst, flips)
+}
+
+/// The quantised decode against llama.cpp on the same blocks. The two differ by more than
+/// rounding (llama.cpp also quantises prefill activations and keeps its KV cache in f16; here
+/// prefill runs on the f32 dequantisation), so the bounds are loose, but a broken kernel
+/// (wrong nibble order, scale or row permutation) moves log-probs by whole units.
+#[test]
+fn quantized_decode_stays_with_llamacpp_on_the_same_gguf() {
+    let (worst, flips) = against_llamacpp(true, 0.25);
+    assert!(
+        flips.is_empty(),
+        "greedy choices differ from llama.cpp: {flips:?}"
+    );
+    assert!(
+        worst <= 0.3,
+        "quantised decode is {worst} log-prob away from llama.cpp"
+    );
+    eprintln!("max |Δ log-prob| of llama.cpp's top token: {worst:.4}");
+}

@@ -186,26 +186,42 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut rows = vec![Row {
         engine: "switchyard".into(),
         versions: format!(
-            "switchyard {} (burn 0.22.1, {:?}, f32)",
+            "switchyard {} (burn 0.22.1, {:?}, f32 weights of {})",
             env!("CARGO_PKG_VERSION"),
-            b.model.device
+            b.model.device,
+            model_path.display()
         ),
         prefill_tok_s: p,
         decode_tok_s: d,
     }];
     drop(engine);
+    let gguf = b.gguf.clone().unwrap_or_else(|| {
+        switchyard::weights::resolve::models_dir().join(switchyard::weights::fetch::GGUF_NAME)
+    });
+    // The same GGUF llama.cpp runs, decoded from its quantised blocks (the llama.cpp-like way).
+    if b.model.device == switchyard::runtime::DeviceKind::Cpu && gguf.is_file() {
+        let mut files = switchyard::weights::resolve::open(Some(&gguf.display().to_string()))?;
+        files.quantized_decode = true;
+        let engine = switchyard::runtime::engine_from_files(files, &device)?;
+        let (p, d) = ours(&engine, &prefill, &prompt, b.new_tokens, b.repeats);
+        rows.push(Row {
+            engine: "switchyard-q".into(),
+            versions: format!(
+                "switchyard {} (burn 0.22.1, {:?}, quantised decode from {}; prefill on its f32 dequantisation)",
+                env!("CARGO_PKG_VERSION"),
+                b.model.device,
+                gguf.display()
+            ),
+            prefill_tok_s: p,
+            decode_tok_s: d,
+        });
+    }
     let py = python(b.python.as_deref());
     let mut skipped = Vec::new();
     for name in &b.peers {
         let result = match name.as_str() {
             "transformers" => peer(&py, "bench_transformers.py", &model_path, wl_file.path()),
-            "llama.cpp" | "llamacpp" => {
-                let gguf = b.gguf.clone().unwrap_or_else(|| {
-                    switchyard::weights::resolve::models_dir()
-                        .join(switchyard::weights::fetch::GGUF_NAME)
-                });
-                peer(&py, "bench_llamacpp.py", &gguf, wl_file.path())
-            }
+            "llama.cpp" | "llamacpp" => peer(&py, "bench_llamacpp.py", &gguf, wl_file.path()),
             other => Err(format!(
                 "unknown peer `{other}` (known: transformers, llama.cpp)"
             )),
@@ -215,22 +231,36 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             Err(e) => skipped.push(format!("{name}: skipped ({e})")),
         }
     }
+    // Each peer is compared with the switchyard engine that reads the same weights: transformers
+    // with the f32 folder, llama.cpp with the quantised GGUF (when that row exists).
+    let quantized_row = rows.iter().position(|r| r.engine == "switchyard-q");
+    let against = |i: usize| -> usize {
+        match (rows[i].engine.as_str(), quantized_row) {
+            (e, _) if e.starts_with("switchyard") => i,
+            (e, Some(q)) if e.starts_with("llama.cpp") => q,
+            _ => 0,
+        }
+    };
     println!(
-        "{:<14} {:>14} {:>14} {:>10} {:>10}",
-        "engine", "prefill tok/s", "decode tok/s", "prefill ×", "decode ×"
+        "{:<14} {:>14} {:>14} {:>14} {:>10} {:>10}",
+        "engine", "prefill tok/s", "decode tok/s", "compared with", "prefill ×", "decode ×"
     );
-    for r in &rows {
-        println!(
-            "{:<14} {:>14.1} {:>14.1} {:>10.2} {:>10.2}",
-            r.engine,
-            r.prefill_tok_s,
-            r.decode_tok_s,
-            rows[0].prefill_tok_s / r.prefill_tok_s,
-            rows[0].decode_tok_s / r.decode_tok_s
+    let mut ratios = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        let a = &rows[against(i)];
+        let (pr, dr) = (
+            a.prefill_tok_s / r.prefill_tok_s,
+            a.decode_tok_s / r.decode_tok_s,
         );
+        println!(
+            "{:<14} {:>14.1} {:>14.1} {:>14} {:>10.2} {:>10.2}",
+            r.engine, r.prefill_tok_s, r.decode_tok_s, a.engine, pr, dr
+        );
+        ratios.push(json!({"engine": r.engine, "compared_with": a.engine,
+                           "prefill_ratio": pr, "decode_ratio": dr}));
     }
     println!(
-        "(× = switchyard's rate divided by that engine's; above 1 means switchyard is faster)"
+        "(× = the switchyard engine's rate divided by that engine's; above 1 means switchyard is faster)"
     );
     for s in &skipped {
         println!("{s}");
@@ -240,7 +270,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(out) = &b.out {
         let doc = json!({"threads": threads, "prompt_tokens": b.prompt_tokens, "new_tokens": b.new_tokens,
-                         "repeats": b.repeats, "results": rows, "skipped": skipped});
+                         "repeats": b.repeats, "results": rows, "ratios": ratios,
+                         "skipped": skipped});
         switchyard::weights::write_atomic(out, serde_json::to_string_pretty(&doc)?.as_bytes())?;
     }
     Ok(())

@@ -81,6 +81,11 @@ pub struct ModelArgs {
     /// A LoRA adapter folder in PEFT layout (ours or one trained with PEFT), merged as the model loads.
     #[arg(long)]
     pub adapter: Option<std::path::PathBuf>,
+    /// With a quantised GGUF (Q4_0, Q4_1, Q8_0): decode on the CPU from its blocks, activations
+    /// quantised to 8 bits per block, as llama.cpp does (about 2.5× faster than f32; logits
+    /// then follow llama.cpp's rather than transformers').
+    #[arg(long)]
+    pub quantized: bool,
 }
 
 impl ModelArgs {
@@ -88,10 +93,11 @@ impl ModelArgs {
         switchyard::runtime::set_threads(self.threads);
         let device = self.device.device().map_err(anyhow::Error::msg)?;
         let files = switchyard::weights::resolve::open(self.model.as_deref())?;
-        let files = match &self.adapter {
+        let mut files = match &self.adapter {
             Some(dir) => files.with_adapter(dir)?,
             None => files,
         };
+        files.quantized_decode = self.quantized;
         Ok(switchyard::runtime::engine_from_files(files, &device)?)
     }
 }

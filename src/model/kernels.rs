@@ -77,19 +77,24 @@ impl SmallMatmul for Flex {
 
 /// `y[i, r] = Σ_j x[i, j] · wt[r, j]` for `wt` stored `[n, k]`.
 fn rows_dot(wt: &[f32], x: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-    // A few large tasks per thread: each fork-join wakes the pool, and a decode step makes ~200.
+    // A few large tasks per thread.
     let block = n.div_ceil(rayon::current_num_threads().max(1) * 2).max(16);
     let mut yt = vec![0f32; n * m];
-    yt.par_chunks_mut(block * m)
-        .enumerate()
-        .for_each(|(b, out)| {
-            for (r, cell) in out.chunks_mut(m).enumerate() {
-                let row = &wt[(b * block + r) * k..(b * block + r + 1) * k];
-                for (i, c) in cell.iter_mut().enumerate() {
-                    *c = dot(row, &x[i * k..(i + 1) * k]);
-                }
+    let cells: Vec<std::sync::Mutex<&mut [f32]>> = yt
+        .chunks_mut(block * m)
+        .map(std::sync::Mutex::new)
+        .collect();
+    // The spinning pool: consecutive decode kernels start without waking a sleeping thread.
+    super::spin::run(cells.len(), &|b| {
+        let mut out = cells[b].lock().expect("one task per block");
+        for (r, cell) in out.chunks_mut(m).enumerate() {
+            let row = &wt[(b * block + r) * k..(b * block + r + 1) * k];
+            for (i, c) in cell.iter_mut().enumerate() {
+                *c = dot(row, &x[i * k..(i + 1) * k]);
             }
-        });
+        }
+    });
+    drop(cells);
     if m == 1 {
         return yt;
     }

@@ -5,6 +5,8 @@
 //! Weights are addressed by their Hugging Face names. Linear weights are stored `[in, out]`
 //! (burn's layout), so Hugging Face `[out, in]` tensors are transposed on load.
 
+use std::sync::Arc;
+
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
@@ -13,6 +15,7 @@ use burn::tensor::activation::{silu, softmax};
 use super::cache::{KvCache, LayerCache};
 use super::config::ResolvedConfig;
 use super::lora::Proj;
+use super::quant::PackedMatrix;
 use super::rope::Rope;
 use crate::weights::{HostTensor, WeightSource, WeightsError};
 
@@ -65,6 +68,9 @@ pub struct CausalLm {
     pub lm_head: Option<Proj>,
     pub rope: Rope,
     sliding_window: usize,
+    /// The tied embedding in the quantised blocks it was loaded from, for decode-sized logits.
+    #[module(skip)]
+    packed_embed: Option<Arc<PackedMatrix>>,
 }
 
 /// What the caller wants out of a forward pass.
@@ -79,10 +85,57 @@ pub struct Batch {
 
 /// `x · W (+ b)` plus the LoRA adapter's update, if the projection has one.
 fn project(p: &Proj, x: Tensor<3>) -> Tensor<3> {
-    match &p.lora {
-        Some(lora) => dense(&p.linear, x.clone()) + lora.forward(x),
-        None => dense(&p.linear, x),
+    project_many(&[p], x).pop().expect("one projection")
+}
+
+/// Several projections of the same input. Decode-sized inputs on the CPU take a kernel: the
+/// quantised one when every projection kept its GGUF blocks (all of them in one parallel region),
+/// else the f32 small-matmul kernel.
+fn project_many(ps: &[&Proj], x: Tensor<3>) -> Vec<Tensor<3>> {
+    let base = quantized(ps, &x)
+        .unwrap_or_else(|| ps.iter().map(|p| dense(&p.linear, x.clone())).collect());
+    base.into_iter()
+        .zip(ps)
+        .map(|(y, p)| match &p.lora {
+            Some(lora) => y + lora.forward(x.clone()),
+            None => y,
+        })
+        .collect()
+}
+
+/// `x · W (+ b)` for each projection from its quantised blocks, when all of them have blocks and
+/// `x` is a few rows on the CPU.
+#[cfg(feature = "cpu")]
+fn quantized(ps: &[&Proj], x: &Tensor<3>) -> Option<Vec<Tensor<3>>> {
+    let [b, s, _] = x.dims();
+    if b * s > super::quant::MAX_ROWS || !super::kernels::applies(&x.device()) {
+        return None;
     }
+    let mats: Vec<&super::quant::PackedMatrix> = ps
+        .iter()
+        .map(|p| p.packed.as_deref())
+        .collect::<Option<_>>()?;
+    let host = x.to_data().try_into_vec::<f32>().expect("f32 activations");
+    let device = x.device();
+    let ys = super::quant::matmul_many(&mats, &host, b * s);
+    Some(
+        ys.into_iter()
+            .zip(ps.iter().zip(&mats))
+            .map(|(y, (p, w))| {
+                let y = Tensor::<2>::from_data(TensorData::new(y, [b * s, w.rows]), &device)
+                    .reshape([b, s, w.rows]);
+                match &p.linear.bias {
+                    Some(bias) => y + bias.val().unsqueeze(),
+                    None => y,
+                }
+            })
+            .collect(),
+    )
+}
+
+#[cfg(not(feature = "cpu"))]
+fn quantized(_: &[&Proj], _: &Tensor<3>) -> Option<Vec<Tensor<3>>> {
+    None
 }
 
 /// `x · W (+ b)`: decode-sized inputs on the CPU take the small-matmul kernel.
@@ -105,8 +158,10 @@ fn dense(l: &Linear, x: Tensor<3>) -> Tensor<3> {
 
 impl Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = silu(project(&self.gate_proj, x.clone()));
-        project(&self.down_proj, gate * project(&self.up_proj, x))
+        let [gate, up]: [Tensor<3>; 2] = project_many(&[&self.gate_proj, &self.up_proj], x)
+            .try_into()
+            .expect("two projections");
+        project(&self.down_proj, silu(gate) * up)
     }
 }
 
@@ -123,9 +178,13 @@ impl Attention {
         let [b, s, _] = x.dims();
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
         let split = |t: Tensor<3>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2);
-        let q = Rope::apply(split(project(&self.q_proj, x.clone()), h), cos, sin);
-        let k = Rope::apply(split(project(&self.k_proj, x.clone()), kv), cos, sin);
-        let v = split(project(&self.v_proj, x), kv);
+        let [q, k, v]: [Tensor<3>; 3] =
+            project_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x)
+                .try_into()
+                .expect("three projections");
+        let q = Rope::apply(split(q, h), cos, sin);
+        let k = Rope::apply(split(k, kv), cos, sin);
+        let v = split(v, kv);
         let (k, v) = cache.append(k, v);
         let t = k.dims()[2];
         // Grouped-query attention without copying K/V: fold each group's query heads into the
@@ -187,6 +246,22 @@ impl CausalLm {
                 let [b, s, h] = hidden.dims();
                 let vocab = self.embed_tokens.dims()[0];
                 let flat = hidden.reshape([b * s, h]);
+                #[cfg(feature = "cpu")]
+                if let Some(e) = &self.packed_embed
+                    && b * s <= super::quant::MAX_ROWS
+                    && super::kernels::applies(&flat.device())
+                {
+                    let host = flat
+                        .to_data()
+                        .try_into_vec::<f32>()
+                        .expect("f32 hidden states");
+                    let y = super::quant::matmul_many(&[e], &host, b * s).remove(0);
+                    return Tensor::<2>::from_data(
+                        TensorData::new(y, [b * s, vocab]),
+                        &flat.device(),
+                    )
+                    .reshape([b, s, vocab]);
+                }
                 #[cfg(feature = "cpu")]
                 if b * s <= super::kernels::MAX_ROWS && super::kernels::applies(&flat.device()) {
                     let w = self.embed_tokens.val().transpose();
@@ -253,6 +328,15 @@ impl CausalLm {
         (self.sliding_window > 0).then_some(self.sliding_window)
     }
 
+    /// How many products (projections and the tied output layer) decode from quantised blocks.
+    pub fn quantized_products(&self) -> usize {
+        self.projections()
+            .iter()
+            .filter(|(_, p)| p.packed.is_some())
+            .count()
+            + usize::from(self.packed_embed.is_some())
+    }
+
     pub fn num_layers(&self) -> usize {
         self.layers.len()
     }
@@ -308,12 +392,48 @@ impl CausalLm {
         out
     }
 
-    /// Build the network from Hugging Face-named tensors, checking every shape.
+    /// Build the network from Hugging Face-named tensors, checking every shape. Quantised GGUF
+    /// weights are also kept as blocks for the CPU decode kernel (see [`Self::load_with`]).
     pub fn load(
         cfg: &ResolvedConfig,
         src: &dyn WeightSource,
         device: &Device,
     ) -> Result<Self, WeightsError> {
+        Self::load_with(cfg, src, device, true)
+    }
+
+    /// [`Self::load`]; `keep_blocks: false` runs every product on the f32 weights even when the
+    /// source is quantised. Blocks are kept only on the CPU device without autodiff, the one the
+    /// kernel serves.
+    pub fn load_with(
+        cfg: &ResolvedConfig,
+        src: &dyn WeightSource,
+        device: &Device,
+        keep_blocks: bool,
+    ) -> Result<Self, WeightsError> {
+        #[cfg(feature = "cpu")]
+        let keep_blocks = keep_blocks && super::kernels::applies(device);
+        #[cfg(not(feature = "cpu"))]
+        let keep_blocks = {
+            let _ = keep_blocks;
+            false
+        };
+        let blocks =
+            |name: &str, shape: [usize; 2]| -> Result<Option<Arc<PackedMatrix>>, WeightsError> {
+                if !keep_blocks {
+                    return Ok(None);
+                }
+                match src.get_packed(name)? {
+                    Some(p) if [p.rows, p.cols] == shape => Ok(Some(Arc::new(p))),
+                    Some(p) => Err(WeightsError::Shape {
+                        path: src.origin().to_path_buf(),
+                        tensor: name.to_string(),
+                        found: vec![p.rows, p.cols],
+                        expected: shape.to_vec(),
+                    }),
+                    None => Ok(None),
+                }
+            };
         let up = |t: HostTensor| -> Tensor<2> {
             let shape = [t.shape[0], t.shape[1]];
             Tensor::from_data(TensorData::new(t.data, shape), device)
@@ -333,10 +453,12 @@ impl CausalLm {
                 };
                 // burn computes x·W with W [in, out]; a transposed view of the [out, in] data keeps the
                 // checkpoint's rows contiguous, which the decode kernel reads directly.
-                Ok(Proj::new(Linear {
+                let mut proj = Proj::new(Linear {
                     weight: Param::from_tensor(up(w).transpose()),
                     bias,
-                }))
+                });
+                proj.packed = blocks(&format!("{name}.weight"), [d_out, d_in])?;
+                Ok(proj)
             };
         let norm = |name: &str| -> Result<RmsNorm, WeightsError> {
             Ok(RmsNorm {
@@ -401,6 +523,11 @@ impl CausalLm {
             lm_head,
             rope: Rope::new(cfg, positions, device),
             sliding_window: cfg.sliding_window.unwrap_or(0),
+            packed_embed: if cfg.tied_embeddings {
+                blocks("model.embed_tokens.weight", [cfg.vocab, hd])?
+            } else {
+                None
+            },
         })
     }
 }

@@ -3,21 +3,33 @@
 //! rsLoRA). The base weight is never materialised with the update during training: the low-rank
 //! path costs `r·(in + out)` per token instead of a weight-sized gradient.
 
+use std::sync::Arc;
+
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::Distribution;
+
+use super::quant::PackedMatrix;
 
 /// A linear projection, with a LoRA adapter when one is attached.
 #[derive(Module, Debug)]
 pub struct Proj {
     pub linear: Linear,
     pub lora: Option<LoraAdapter>,
+    /// The base weight in the quantised blocks it was loaded from (GGUF), which the CPU decode
+    /// kernel reads instead of `linear`'s f32 copy. Dropped whenever the base weight changes.
+    #[module(skip)]
+    pub packed: Option<Arc<PackedMatrix>>,
 }
 
 impl Proj {
     pub fn new(linear: Linear) -> Self {
-        Self { linear, lora: None }
+        Self {
+            linear,
+            lora: None,
+            packed: None,
+        }
     }
 
     /// `[in, out]` of the base weight.

@@ -7,7 +7,9 @@ pub mod config;
 pub mod kernels;
 pub mod llama;
 pub mod lora;
+pub mod quant;
 pub mod rope;
+pub mod spin;
 
 pub use cache::KvCache;
 pub use config::{Architecture, ModelConfig, ResolvedConfig};

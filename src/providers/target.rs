@@ -83,6 +83,9 @@ pub struct TargetSpec {
     /// `local`: a LoRA adapter folder (PEFT layout) merged at load.
     #[serde(default)]
     pub adapter: Option<PathBuf>,
+    /// `local` with a GGUF model: decode from its quantised blocks, as llama.cpp does.
+    #[serde(default)]
+    pub quantized: bool,
     #[serde(default)]
     pub device: Option<DeviceKind>,
     #[serde(default)]
@@ -228,6 +231,7 @@ impl Target {
                     return Err(err(format!("`{key}` has no meaning for a local target")));
                 }
             }
+            let quantized = spec.quantized;
             let (model, adapter, device, threads) = (
                 spec.model.clone(),
                 spec.adapter.clone(),
@@ -245,15 +249,20 @@ impl Target {
                         Some(d) => Some(sha256_file(&d.join("adapter_model.safetensors"))?),
                         None => None,
                     };
-                    let files = match &adapter {
+                    let mut files = match &adapter {
                         Some(d) => files.with_adapter(d).map_err(|e| e.to_string())?,
                         None => files,
                     };
+                    files.quantized_decode = quantized;
                     let engine = crate::runtime::engine_from_files(files, &dev)
                         .map_err(|e| e.to_string())?;
-                    let identity = serde_json::json!({
+                    let mut identity = serde_json::json!({
                         "kind": "local", "model": origin, "adapter_sha256": adapter_sha,
                     });
+                    // Only when set, so that f32 targets keep their cached answers.
+                    if quantized {
+                        identity["quantized"] = true.into();
+                    }
                     Ok((engine, identity))
                 },
                 batch,

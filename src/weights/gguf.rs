@@ -450,6 +450,35 @@ impl GgufFile {
             })
     }
 
+    /// A 2-D tensor's blocks as stored, when its type is one the decode kernel reads.
+    pub fn packed(
+        &self,
+        info: &TensorInfo,
+    ) -> Result<Option<crate::model::quant::PackedMatrix>, WeightsError> {
+        use crate::model::quant::{PackedMatrix, QuantKind};
+        let kind = match info.dtype {
+            GgmlType::Q4_0 => QuantKind::Q4_0,
+            GgmlType::Q4_1 => QuantKind::Q4_1,
+            GgmlType::Q8_0 => QuantKind::Q8_0,
+            _ => return Ok(None),
+        };
+        let shape = info.shape();
+        if shape.len() != 2 {
+            return Ok(None);
+        }
+        let bytes = self
+            .byte_len(info)
+            .expect("quantised types have a block size") as usize;
+        let start = (self.data_start + info.offset) as usize;
+        let raw = &self.mmap[start..start + bytes];
+        PackedMatrix::from_gguf(kind, shape[0], shape[1], raw)
+            .map(Some)
+            .map_err(|detail| WeightsError::Format {
+                path: self.path.clone(),
+                detail: format!("tensor `{}`: {detail}", info.name),
+            })
+    }
+
     /// Dequantise a tensor to f32, in ggml element order (i.e. row-major in [`TensorInfo::shape`]).
     pub fn dequantize(&self, info: &TensorInfo) -> Result<Vec<f32>, WeightsError> {
         let Some(bytes) = self.byte_len(info) else {

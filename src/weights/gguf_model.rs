@@ -249,4 +249,39 @@ impl WeightSource for GgufModel {
         }
         Ok(Some(HostTensor::new(shape, data)))
     }
+
+    fn get_packed(
+        &self,
+        name: &str,
+    ) -> Result<Option<crate::model::quant::PackedMatrix>, WeightsError> {
+        let Some(g) = self.gguf_name(name) else {
+            return Ok(None);
+        };
+        let Some(packed) = self.file.packed(self.file.tensor_info(&g)?)? else {
+            return Ok(None);
+        };
+        // The same row permutation as in `get`, on whole rows of blocks.
+        let heads = if self.arch != "llama" {
+            None
+        } else if g.contains(".attn_q.") {
+            Some(self.heads)
+        } else if g.contains(".attn_k.") {
+            Some(self.kv_heads)
+        } else {
+            None
+        };
+        Ok(Some(match heads {
+            None => packed,
+            Some(n) => {
+                let head_dim = packed.rows / n;
+                let half = head_dim / 2;
+                packed.permute_rows(|dst| {
+                    // Hugging Face row (h, s, i) is GGUF row (h, i, s).
+                    let (h, rem) = (dst / head_dim, dst % head_dim);
+                    let (s, i) = (rem / half, rem % half);
+                    h * head_dim + i * 2 + s
+                })
+            }
+        }))
+    }
 }

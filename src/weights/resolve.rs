@@ -39,6 +39,10 @@ pub struct ModelFiles {
     pub resolved: ResolvedConfig,
     pub source: Box<dyn WeightSource>,
     pub tokenizer: ModelTokenizer,
+    /// Decode on the CPU from the quantised blocks of a GGUF (llama.cpp's way, activations
+    /// quantised to 8 bits) rather than from their f32 dequantisation (transformers' numbers).
+    /// Off unless asked for (`--quantized`).
+    pub quantized_decode: bool,
 }
 
 fn resolve_config(config: &ModelConfig, file: &Path) -> Result<ResolvedConfig, WeightsError> {
@@ -63,6 +67,7 @@ pub fn open_folder(dir: &Path, origin: &str) -> Result<ModelFiles, WeightsError>
         ModelTokenizer::from_folder(dir, &config.eos_ids()).map_err(|e| tok_err(dir, e))?;
     let source = Box::new(SafetensorsFolder::open(dir)?);
     Ok(ModelFiles {
+        quantized_decode: false,
         origin: origin.into(),
         path: dir.to_path_buf(),
         config,
@@ -83,6 +88,7 @@ pub fn open_gguf(path: &Path, origin: &str) -> Result<ModelFiles, WeightsError> 
     let tokenizer = ModelTokenizer::from_documents(json, tcfg, None, &config.eos_ids(), path)
         .map_err(|e| tok_err(path, e))?;
     Ok(ModelFiles {
+        quantized_decode: false,
         origin: origin.into(),
         path: path.to_path_buf(),
         config,

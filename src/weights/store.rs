@@ -28,6 +28,14 @@ pub trait WeightSource {
     fn get(&self, name: &str) -> Result<Option<HostTensor>, WeightsError>;
     /// The source's storage dtype of a tensor, for `models inspect`.
     fn dtype_of(&self, name: &str) -> Option<String>;
+    /// A 2-D tensor in its quantised storage (GGUF Q4_0/Q4_1/Q8_0 blocks), for the CPU decode
+    /// kernel; `None` when the source stores it otherwise (then only [`Self::get`] serves it).
+    fn get_packed(
+        &self,
+        _name: &str,
+    ) -> Result<Option<crate::model::quant::PackedMatrix>, WeightsError> {
+        Ok(None)
+    }
 
     /// The tensor, which must exist and have `shape`.
     fn require(&self, name: &str, shape: &[usize]) -> Result<HostTensor, WeightsError> {
