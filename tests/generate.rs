@@ -157,6 +157,40 @@ fn generate_json_reports_openai_shaped_logprobs() {
     }
 }
 
+/// `generate --quantized` on the GGUF decodes from its blocks: its greedy continuation of a raw
+/// prompt is llama.cpp's (tests/fixtures/smollm2_llamacpp_reference.json, prompt `raw`, whose top
+/// two differ by at least 0.33 at each of these steps), while the f32 path takes another token
+/// at step 5 (as transformers does).
+#[test]
+fn generate_quantized_continues_as_llamacpp_does() {
+    let (_, gguf) = common::smollm2();
+    let reference = common::read_json("smollm2_llamacpp_reference.json");
+    let raw = &reference["prompts"][0];
+    assert_eq!(raw["name"], "raw");
+    let want: Vec<u64> = raw["greedy"].as_array().unwrap()[..6]
+        .iter()
+        .map(|s| s["top_ids"][0].as_u64().unwrap())
+        .collect();
+    let run = |extra: &[&str]| -> Vec<u64> {
+        let mut cmd = common::cli();
+        cmd.args(["generate", "--model", gguf.to_str().unwrap(), "--raw"])
+            .args(["--format", "json", "--max-tokens", "6"])
+            .args(extra)
+            .arg("The capital of France is");
+        let doc: serde_json::Value = serde_json::from_str(&common::cli_ok(&mut cmd)).unwrap();
+        doc["token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(run(&["--quantized"]), want);
+    let f32 = run(&[]);
+    assert_eq!(f32[..5], want[..5]);
+    assert_ne!(f32[5], want[5], "the f32 path should differ at step 5");
+}
+
 #[test]
 fn chat_answers_over_stdin() {
     let mut child = common::cli()

@@ -86,6 +86,7 @@ fn specs(a: &EvalArgs, suites: &[Suite]) -> anyhow::Result<(Vec<TargetSpec>, Vec
             t.batch_size = Some(a.batch_size);
             t.device = Some(a.model.device);
             t.threads = a.model.threads;
+            t.quantized = a.model.quantized;
             return Ok(t);
         }
         if let Some(t) = TargetSpec::parse_quick(name) {

@@ -95,6 +95,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             spec.batch_size = Some(a.batch_size);
             spec.device = Some(a.model.device);
             spec.threads = a.model.threads;
+            spec.quantized = a.model.quantized;
             Backend::Local {
                 name,
                 target: Arc::new(Target::build(spec)?),
