@@ -6,7 +6,7 @@
 //! short while after each job (as llama.cpp's threads do) and only then park, so back-to-back
 //! kernels start at once while an idle process still sleeps.
 
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,8 @@ struct Job {
     n: usize,
     next: AtomicUsize,
     done: AtomicUsize,
+    /// Set when a task panicked (on any thread); the caller panics in turn once all are done.
+    panicked: AtomicBool,
 }
 
 struct Pool {
@@ -71,7 +73,11 @@ impl Job {
                 return;
             }
             // SAFETY: `f` outlives the job's publication (see `run`).
-            unsafe { (*self.f)(t) };
+            let f = unsafe { &*self.f };
+            // A panicking task must still count as done, or the caller would wait forever.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(t))).is_err() {
+                self.panicked.store(true, SeqCst);
+            }
             self.done.fetch_add(1, SeqCst);
         }
     }
@@ -124,6 +130,7 @@ impl Pool {
             n,
             next: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
         };
         self.job.store(&job as *const Job as *mut Job, SeqCst);
         self.generation.fetch_add(1, SeqCst);
@@ -138,6 +145,7 @@ impl Pool {
         while self.active.load(SeqCst) > 0 {
             std::hint::spin_loop();
         }
+        assert!(!job.panicked.load(SeqCst), "a parallel kernel task panicked");
     }
 }
 
@@ -179,5 +187,23 @@ mod tests {
         for h in handles {
             h.join().unwrap();
         }
+    }
+
+    #[test]
+    fn a_panicking_task_fails_the_call_instead_of_hanging_it() {
+        let r = std::panic::catch_unwind(|| {
+            run(16, &|t| {
+                if t == 11 {
+                    panic!("task {t}");
+                }
+            })
+        });
+        assert!(r.is_err());
+        // The pool still works afterwards.
+        let hits = AtomicUsize::new(0);
+        run(16, &|_| {
+            hits.fetch_add(1, SeqCst);
+        });
+        assert_eq!(hits.load(SeqCst), 16);
     }
 }
