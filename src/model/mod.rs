@@ -1,5 +1,7 @@
 //! The network in burn: configuration from `config.json`, attention (GQA, RoPE, KV cache), MLP,
-//! norms. Generic over the device: nothing here assumes the CPU.
+//! norms. Generic over the device: nothing here assumes the CPU. The CPU gets extra kernels for
+//! decode-sized products (`kernels`: f32; `quant`: GGUF blocks; `spin`: their thread pool), taken
+//! only when a tensor is on burn's CPU backend without autodiff; every other device runs burn's ops.
 
 pub mod cache;
 pub mod config;
