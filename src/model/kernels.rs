@@ -80,13 +80,8 @@ fn rows_dot(wt: &[f32], x: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     // A few large tasks per thread.
     let block = n.div_ceil(rayon::current_num_threads().max(1) * 2).max(16);
     let mut yt = vec![0f32; n * m];
-    let cells: Vec<std::sync::Mutex<&mut [f32]>> = yt
-        .chunks_mut(block * m)
-        .map(std::sync::Mutex::new)
-        .collect();
     // The spinning pool: consecutive decode kernels start without waking a sleeping thread.
-    super::spin::run(cells.len(), &|b| {
-        let mut out = cells[b].lock().expect("one task per block");
+    super::spin::for_each_chunk(&mut yt, block * m, &|b, out| {
         for (r, cell) in out.chunks_mut(m).enumerate() {
             let row = &wt[(b * block + r) * k..(b * block + r + 1) * k];
             for (i, c) in cell.iter_mut().enumerate() {
@@ -94,7 +89,6 @@ fn rows_dot(wt: &[f32], x: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
             }
         }
     });
-    drop(cells);
     if m == 1 {
         return yt;
     }

@@ -279,14 +279,7 @@ pub fn matmul_many(mats: &[&PackedMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>>
     if total * cols < 1 << 16 || threads == 1 {
         yt.chunks_mut(chunk * m).enumerate().for_each(body);
     } else {
-        let cells: Vec<std::sync::Mutex<&mut [f32]>> = yt
-            .chunks_mut(chunk * m)
-            .map(std::sync::Mutex::new)
-            .collect();
-        super::spin::run(cells.len(), &|c| {
-            let mut out = cells[c].lock().expect("one task per chunk");
-            body((c, &mut out));
-        });
+        super::spin::for_each_chunk(&mut yt, chunk * m, &|c, out| body((c, out)));
     }
     let mut outs = Vec::with_capacity(mats.len());
     for (j, w) in mats.iter().enumerate() {

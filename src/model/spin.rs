@@ -145,7 +145,10 @@ impl Pool {
         while self.active.load(SeqCst) > 0 {
             std::hint::spin_loop();
         }
-        assert!(!job.panicked.load(SeqCst), "a parallel kernel task panicked");
+        assert!(
+            !job.panicked.load(SeqCst),
+            "a parallel kernel task panicked"
+        );
     }
 }
 
@@ -158,6 +161,14 @@ pub fn run(n: usize, f: &(dyn Fn(usize) + Sync)) {
         return;
     }
     p.run(n, f);
+}
+
+/// `f(i, piece)` for each `chunk`-long piece of `out` (the last may be shorter), in parallel.
+pub fn for_each_chunk<T: Send>(out: &mut [T], chunk: usize, f: &(dyn Fn(usize, &mut [T]) + Sync)) {
+    let pieces: Vec<Mutex<&mut [T]>> = out.chunks_mut(chunk).map(Mutex::new).collect();
+    run(pieces.len(), &|i| {
+        f(i, &mut pieces[i].lock().expect("one task per piece"));
+    });
 }
 
 #[cfg(test)]
