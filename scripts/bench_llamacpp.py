@@ -25,7 +25,9 @@ def main():
     gguf, workload = sys.argv[1], json.load(open(sys.argv[2]))
     t = workload["threads"]
     n = workload["new_tokens"]
-    llm = llama_cpp.Llama(model_path=gguf, n_threads=t, n_threads_batch=t, n_ctx=1024, n_batch=512, verbose=False)
+    # A context that holds the longest workload (at least llama.cpp's usual 1024).
+    n_ctx = max(1024, len(workload["prefill_ids"]), len(workload["decode_prompt_ids"]) + n + 8)
+    llm = llama_cpp.Llama(model_path=gguf, n_threads=t, n_threads_batch=t, n_ctx=n_ctx, n_batch=512, verbose=False)
 
     def run_prefill():
         llm.reset()

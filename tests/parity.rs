@@ -251,17 +251,19 @@ fn against_llamacpp(quantized: bool, margin: f32) -> (f32, Vec<String>) {
 
 /// The quantised decode against llama.cpp on the same blocks. The two differ by more than
 /// rounding (llama.cpp also quantises prefill activations and keeps its KV cache in f16; here
-/// prefill runs on the f32 dequantisation), so the bounds are loose, but a broken kernel
-/// (wrong nibble order, scale or row permutation) moves log-probs by whole units.
+/// prefill of more than 8 tokens runs on the f32 dequantisation; and 8-bit rounding of the
+/// activations turns tiny differences into log-prob changes of a few hundredths), so the bounds
+/// are loose: greedy choices must agree where llama.cpp's top two are over 0.5 apart. A broken
+/// kernel (wrong nibble order, scale or row permutation) moves log-probs by whole units.
 #[test]
 fn quantized_decode_stays_with_llamacpp_on_the_same_gguf() {
-    let (worst, flips) = against_llamacpp(true, 0.25);
+    let (worst, flips) = against_llamacpp(true, 0.5);
     assert!(
         flips.is_empty(),
         "greedy choices differ from llama.cpp: {flips:?}"
     );
     assert!(
-        worst <= 0.3,
+        worst <= 0.5,
         "quantised decode is {worst} log-prob away from llama.cpp"
     );
     eprintln!("max |Δ log-prob| of llama.cpp's top token: {worst:.4}");

@@ -128,6 +128,8 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
                       "total_tokens": g.prompt_tokens + g.token_ids.len()},
             "token_ids": g.token_ids,
             "timings": {"prefill_tok_s": timings.prefill_tok_s(), "decode_tok_s": timings.decode_tok_s()},
+            // Products decoded from quantised GGUF blocks (`--quantized`); 0 on f32 weights.
+            "quantized_products": engine.model.quantized_products(),
         });
         if let Some(lp) = g.logprobs {
             doc["logprobs"] = json!({"content": lp});

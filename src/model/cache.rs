@@ -3,26 +3,52 @@
 use burn::prelude::*;
 
 /// Keys and values of one layer, `[batch, kv_heads, past, head_dim]`.
+///
+/// After the first step the history lives in buffers with room to spare, and each step writes
+/// its keys and values into place: burn's CPU backend assigns a slice of a uniquely owned tensor
+/// without copying it, so a decode step costs O(new tokens) here instead of re-concatenating the
+/// whole history (O(past)). Attention reads narrowed views of the buffers, which flex's strided
+/// matmul takes without copying. The buffers double when full.
 #[derive(Debug, Default, Clone)]
 pub struct LayerCache {
     k: Option<Tensor<4>>,
     v: Option<Tensor<4>>,
+    /// Positions filled in `k` and `v` (their third dimension may be larger).
+    len: usize,
 }
+
+/// Room a buffer gets beyond what it holds when it is (re)allocated, at least.
+const HEADROOM: usize = 256;
 
 impl LayerCache {
     /// Append this step's keys/values and return the whole history.
     pub fn append(&mut self, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-        let k = match self.k.take() {
-            Some(past) => Tensor::cat(vec![past, k], 2),
-            None => k,
+        let s = k.dims()[2];
+        let (k, v) = match (self.k.take(), self.v.take()) {
+            (Some(kb), Some(vb)) => (Self::write(kb, k, self.len), Self::write(vb, v, self.len)),
+            // The first step keeps its tensors as they are (training never goes further, and
+            // autodiff sees exactly the projections' outputs).
+            _ => (k, v),
         };
-        let v = match self.v.take() {
-            Some(past) => Tensor::cat(vec![past, v], 2),
-            None => v,
-        };
+        self.len += s;
+        let len = self.len;
         self.k = Some(k.clone());
         self.v = Some(v.clone());
-        (k, v)
+        (k.narrow(2, 0, len), v.narrow(2, 0, len))
+    }
+
+    /// `new` written at positions `at..` of `buf`, growing it when it is full.
+    fn write(buf: Tensor<4>, new: Tensor<4>, at: usize) -> Tensor<4> {
+        let [b, h, cap, d] = buf.dims();
+        let s = new.dims()[2];
+        let buf = if at + s > cap {
+            let grown = (2 * cap).max(at + s + HEADROOM);
+            let fresh = Tensor::<4>::zeros([b, h, grown, d], &buf.device());
+            fresh.slice_assign([0..b, 0..h, 0..at, 0..d], buf.narrow(2, 0, at))
+        } else {
+            buf
+        };
+        buf.slice_assign([0..b, 0..h, at..at + s, 0..d], new)
     }
 }
 
@@ -86,6 +112,38 @@ impl KvCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn appending_step_by_step_gives_the_concatenated_history() {
+        let device = Device::default();
+        let mut cache = LayerCache::default();
+        let mut all_k: Vec<Tensor<4>> = Vec::new();
+        // A prefill of 5, then enough single steps to grow the buffer twice.
+        for (i, s) in std::iter::once(5)
+            .chain(std::iter::repeat_n(1, 2 * HEADROOM + 20))
+            .enumerate()
+        {
+            let k = Tensor::<4>::from_data(
+                TensorData::new(
+                    (0..2 * 3 * s * 4).map(|j| (i * 1000 + j) as f32).collect(),
+                    [2, 3, s, 4],
+                ),
+                &device,
+            );
+            let (hk, hv) = cache.append(k.clone(), k.clone() * 2.0);
+            all_k.push(k);
+            if i % 97 == 0 || i > 2 * HEADROOM {
+                let want = Tensor::cat(all_k.clone(), 2);
+                assert_eq!(hk.dims(), want.dims());
+                assert_eq!(hk.to_data(), want.to_data(), "keys after step {i}");
+                assert_eq!(
+                    hv.to_data(),
+                    (want * 2.0).to_data(),
+                    "values after step {i}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn mask_is_causal_skips_padding_and_honours_the_window() {

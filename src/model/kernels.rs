@@ -75,6 +75,103 @@ impl SmallMatmul for Flex {
     }
 }
 
+#[backend_extension(Flex)]
+pub trait DecodeAttention: Backend {
+    /// Attention of a few query rows over the whole KV history, fused: `q` `[b, kv, rows, d]`
+    /// (already scaled; the rows of one KV head's query heads, `rows = group · s`, ordered by
+    /// head then position), `k`, `v` `[b, kv, t, d]` (views of the cache's buffers, any batch
+    /// and position strides), `mask` `[b, 1, s, t]` additive. Returns `[b, kv, rows, d]`.
+    fn decode_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+}
+
+/// [`DecodeAttention`] through the extension. Callers check [`applies`].
+pub fn decode_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Tensor<4>) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as DecodeAttention>::decode_attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        mask.into_dispatch(),
+    ))
+}
+
+impl DecodeAttention for Flex {
+    fn decode_attention(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        mask: FlexTensor,
+    ) -> FlexTensor {
+        let contiguous = |t: FlexTensor| {
+            if t.is_contiguous() {
+                t
+            } else {
+                t.to_contiguous()
+            }
+        };
+        // Keys and values are read in place when each position's `d` values are contiguous.
+        let rows_in_place = |t: FlexTensor| {
+            if t.layout().strides()[3] == 1 {
+                t
+            } else {
+                t.to_contiguous()
+            }
+        };
+        let (q, mask) = (contiguous(q), contiguous(mask));
+        let (k, v) = (rows_in_place(k), rows_in_place(v));
+        let [b, kv, rows, d]: [usize; 4] = q.layout().shape()[..].try_into().expect("4-D q");
+        let t = k.layout().shape()[2];
+        let s = mask.layout().shape()[2];
+        let (qs, ms) = (
+            q.as_slice::<f32>().expect("f32 q"),
+            mask.as_slice::<f32>().expect("f32 mask"),
+        );
+        let at = |x: &FlexTensor| (x.layout().start_offset(), x.layout().strides().to_vec());
+        let ((k0, kst), (v0, vst)) = (at(&k), at(&v));
+        let (ks, vs) = (k.storage::<f32>(), v.storage::<f32>());
+        let mut out = vec![0f32; b * kv * rows * d];
+        // One task per query row: each reads its KV head's keys and values once.
+        super::spin::for_each_chunk(&mut out, d, &|task, o| {
+            let (bi, h, r) = (task / (kv * rows), (task / rows) % kv, task % rows);
+            let qrow = &qs[task * d..(task + 1) * d];
+            let i = r % s;
+            let mrow = &ms[(bi * s + i) * t..(bi * s + i + 1) * t];
+            let row_of = |st: &[isize], start: usize, pos: usize| {
+                (start as isize + bi as isize * st[0] + h as isize * st[1] + pos as isize * st[2])
+                    as usize
+            };
+            let mut scores: Vec<f32> = (0..t)
+                .map(|p| {
+                    if mrow[p] == f32::NEG_INFINITY {
+                        f32::NEG_INFINITY
+                    } else {
+                        let at = row_of(&kst, k0, p);
+                        dot(qrow, &ks[at..at + d]) + mrow[p]
+                    }
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for sc in scores.iter_mut() {
+                *sc = (*sc - max).exp();
+                sum += *sc;
+            }
+            o.fill(0.0);
+            for (p, &w) in scores.iter().enumerate() {
+                if w > 0.0 {
+                    let at = row_of(&vst, v0, p);
+                    axpy(o, w / sum, &vs[at..at + d]);
+                }
+            }
+        });
+        FlexTensor::from_data(TensorData::new(out, [b, kv, rows, d]))
+    }
+}
+
 /// `y[i, r] = Σ_j x[i, j] · wt[r, j]` for `wt` stored `[n, k]`.
 fn rows_dot(wt: &[f32], x: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     // A few large tasks per thread.
@@ -203,6 +300,38 @@ mod tests {
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
         }
+    }
+
+    #[test]
+    fn decode_attention_matches_burns_ops_over_cache_views_and_masks() {
+        use burn::tensor::activation::softmax;
+        let d = Device::flex();
+        let (b, kv, group, s, t, hd) = (2, 3, 3, 2, 37, 64);
+        // Keys/values as narrowed views of larger buffers, as the KV cache hands them out.
+        let buf = |seed: f64| {
+            Tensor::<4>::random([b, kv, t + 11, hd], Distribution::Normal(seed, 1.0), &d)
+                .narrow(2, 0, t)
+        };
+        let (k, v) = (buf(0.0), buf(0.5));
+        let q = Tensor::<4>::random([b, kv, group * s, hd], Distribution::Default, &d) * 0.125;
+        // Query position 1 cannot see the first 5 keys; batch row 1 cannot see key 30.
+        let mut m = vec![0f32; b * s * t];
+        for (n, cell) in m.iter_mut().enumerate() {
+            let (row, i, p) = (n / (s * t), (n / t) % s, n % t);
+            if (i == 1 && p < 5) || (row == 1 && p == 30) {
+                *cell = f32::NEG_INFINITY;
+            }
+        }
+        let mask = Tensor::<4>::from_data(TensorData::new(m, [b, 1, s, t]), &d);
+        let got = decode_attention(q.clone(), k.clone(), v.clone(), mask.clone());
+        let scores =
+            q.matmul(k.swap_dims(2, 3)).reshape([b, kv, group, s, t]) + mask.unsqueeze_dim::<5>(2);
+        let want = softmax(scores.reshape([b, kv, group * s, t]), 3).matmul(v);
+        let (g, w) = (
+            got.reshape([b * kv * group * s, hd]),
+            want.reshape([b * kv * group * s, hd]),
+        );
+        close(&g, &w);
     }
 
     #[test]

@@ -191,6 +191,16 @@ impl Attention {
         // sequence axis, so one KV head serves `group` query heads in a single matmul.
         let group = h / kv;
         let q = q.reshape([b, kv, group * s, d]);
+        #[cfg(feature = "cpu")]
+        if s <= super::kernels::MAX_ROWS && super::kernels::applies(&q.device()) {
+            // Decode: one fused pass over the history per query row, reading the cache in place.
+            let q = q * (1.0 / (d as f64).sqrt());
+            let out = super::kernels::decode_attention(q, k, v, mask.clone())
+                .reshape([b, h, s, d])
+                .swap_dims(1, 2)
+                .reshape([b, s, h * d]);
+            return project(&self.o_proj, out);
+        }
         let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt());
         let scores = scores.reshape([b, kv, group, s, t]) + mask.clone().unsqueeze_dim::<5>(2);
         let probs = softmax(scores.reshape([b, kv, group * s, t]), 3);
