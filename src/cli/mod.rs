@@ -82,7 +82,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub adapter: Option<std::path::PathBuf>,
     /// With a quantised GGUF (Q4_0, Q4_1, Q8_0): decode on the CPU from its blocks, activations
-    /// quantised to 8 bits per block, as llama.cpp does (about 2.5× faster than f32; logits
+    /// quantised to 8 bits per block, as llama.cpp does (about 3× faster than f32; logits
     /// then follow llama.cpp's rather than transformers').
     #[arg(long)]
     pub quantized: bool,
