@@ -3,22 +3,17 @@
 //! timeout, cut connections, streams without an end, malformed events, resets, client errors),
 //! resuming, the response cache, a killed run, and API keys kept out of every file.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::runtime;
 use switchyard::providers::fault_server::{Behaviour, FaultServer};
 
 const KEY: &str = "sk-test-9f8e7d6c5b4a";
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// (fault, attempts when streamed, attempts when not, ends in an error row)
 const FAULTS: &[(&str, u32, u32, bool)] = &[

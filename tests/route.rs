@@ -84,6 +84,13 @@ fn ok(c: &mut Command) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// `switchyard route derive RUN --out policy.json EXTRA...` in `d`, which must succeed.
+fn derive(d: &Path, run: &str, extra: &[&str]) {
+    ok(switchyard(d)
+        .args(["route", "derive", run, "--out", "policy.json"])
+        .args(extra));
+}
+
 fn policy(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("policy.json")).unwrap()).unwrap()
 }
@@ -123,7 +130,7 @@ fn a_cheaper_target_wins_only_when_the_evidence_says_it_is_not_worse() {
     let d = dir.path();
     // 400 cases, `cheap` misses 2: its difference to `strong` is −0.5 points, CI well inside −2.
     write_run(&d.join("run"), 400, 2, &urls());
-    ok(switchyard(d).args(["route", "derive", "run", "--out", "policy.json"]));
+    derive(d, "run", &[]);
     let qa = route(d, "qa");
     assert_eq!(qa["primary"], "cheap", "{qa}");
     assert_eq!(qa["fallbacks"][0], "strong");
@@ -135,20 +142,12 @@ fn a_cheaper_target_wins_only_when_the_evidence_says_it_is_not_worse() {
     assert!(md.contains("| qa | cheap | strong, weak |"), "{md}");
 
     // Objective quality: the best, whatever it costs.
-    ok(switchyard(d).args([
-        "route",
-        "derive",
-        "run",
-        "--out",
-        "policy.json",
-        "--objective",
-        "quality",
-    ]));
+    derive(d, "run", &["--objective", "quality"]);
     assert_eq!(policy(d)["routes"][1]["primary"], "strong");
 
     // 40 cases with 4 misses: the same point estimate cannot rule out a 2-point loss.
     write_run(&d.join("small"), 40, 4, &urls());
-    ok(switchyard(d).args(["route", "derive", "small", "--out", "policy.json"]));
+    derive(d, "small", &[]);
     let qa = route(d, "qa");
     assert_eq!(qa["primary"], "strong", "{qa}");
     let cheap = evidence(&qa, "cheap");
@@ -156,15 +155,7 @@ fn a_cheaper_target_wins_only_when_the_evidence_says_it_is_not_worse() {
     assert!(cheap["vs_best"]["ci_low"].as_f64().unwrap() < -0.02);
 
     // Constraints rule targets out, and say why.
-    ok(switchyard(d).args([
-        "route",
-        "derive",
-        "run",
-        "--out",
-        "policy.json",
-        "--max-cost-per-1k",
-        "0.5",
-    ]));
+    derive(d, "run", &["--max-cost-per-1k", "0.5"]);
     let qa = route(d, "qa");
     assert_eq!(qa["primary"], "cheap");
     let strong = evidence(&qa, "strong");
@@ -183,11 +174,7 @@ fn a_cheaper_target_wins_only_when_the_evidence_says_it_is_not_worse() {
 
 #[test]
 fn litellm_loads_the_exported_policy_routes_and_falls_back() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let fast = Behaviour {
         latency: Duration::from_millis(5),
         chunk_delay: Duration::ZERO,
@@ -207,15 +194,7 @@ fn litellm_loads_the_exported_policy_routes_and_falls_back() {
             ("weak", weak.base_url()),
         ],
     );
-    ok(switchyard(d).args([
-        "route",
-        "derive",
-        "run",
-        "--out",
-        "policy.json",
-        "--objective",
-        "quality",
-    ]));
+    derive(d, "run", &["--objective", "quality"]);
     let qa = route(d, "qa");
     assert_eq!(
         (qa["primary"].as_str(), qa["fallbacks"][0].as_str()),

@@ -137,11 +137,7 @@ fn the_openai_client_talks_to_the_local_model() {
 
 #[test]
 fn the_gateway_routes_by_task_and_falls_back() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let up = rt
         .block_on(FaultServer::start(0, Behaviour::default(), true))
         .unwrap();
@@ -181,11 +177,7 @@ fn the_gateway_routes_by_task_and_falls_back() {
 /// OpenAI-style body, not a queue that grows without bound.
 #[test]
 fn requests_beyond_the_concurrency_limit_get_429() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let slow = Behaviour {
         latency: Duration::from_millis(1500),
         chunk_delay: Duration::ZERO,

@@ -105,25 +105,21 @@ fn project_many(ps: &[&Proj], x: Tensor<3>) -> Vec<Tensor<3>> {
 
 /// `x · W (+ b)` for each projection from its quantised blocks, when all of them have blocks and
 /// `x` is a few rows on the CPU.
-#[cfg(feature = "cpu")]
 fn quantized(ps: &[&Proj], x: &Tensor<3>) -> Option<Vec<Tensor<3>>> {
-    let [b, s, _] = x.dims();
-    if b * s > super::quant::MAX_ROWS || !super::kernels::applies(&x.device()) {
+    let [b, s, k] = x.dims();
+    if b * s > super::quant::MAX_ROWS || !super::cpu_kernels_apply(&x.device()) {
         return None;
     }
-    let mats: Vec<&super::quant::PackedMatrix> = ps
+    let mats: Vec<&PackedMatrix> = ps
         .iter()
         .map(|p| p.packed.as_deref())
         .collect::<Option<_>>()?;
-    let host = x.to_data().try_into_vec::<f32>().expect("f32 activations");
-    let device = x.device();
-    let ys = super::quant::matmul_many(&mats, &host, b * s);
+    let ys = packed_products(&mats, x.clone().reshape([b * s, k]));
     Some(
         ys.into_iter()
             .zip(ps.iter().zip(&mats))
             .map(|(y, (p, w))| {
-                let y = Tensor::<2>::from_data(TensorData::new(y, [b * s, w.rows]), &device)
-                    .reshape([b, s, w.rows]);
+                let y = y.reshape([b, s, w.rows]);
                 match &p.linear.bias {
                     Some(bias) => y + bias.val().unsqueeze(),
                     None => y,
@@ -133,9 +129,16 @@ fn quantized(ps: &[&Proj], x: &Tensor<3>) -> Option<Vec<Tensor<3>>> {
     )
 }
 
-#[cfg(not(feature = "cpu"))]
-fn quantized(_: &[&Proj], _: &Tensor<3>) -> Option<Vec<Tensor<3>>> {
-    None
+/// `x [m, k] · W_jᵀ` for quantised matrices, on the host (`m` ≤ [`super::quant::MAX_ROWS`]).
+fn packed_products(mats: &[&PackedMatrix], x: Tensor<2>) -> Vec<Tensor<2>> {
+    let m = x.dims()[0];
+    let device = x.device();
+    let host = x.to_data().try_into_vec::<f32>().expect("f32 activations");
+    super::quant::matmul_many(mats, &host, m)
+        .into_iter()
+        .zip(mats)
+        .map(|(y, w)| Tensor::from_data(TensorData::new(y, [m, w.rows]), &device))
+        .collect()
 }
 
 /// `x · W (+ b)`: decode-sized inputs on the CPU take the small-matmul kernel.
@@ -256,21 +259,11 @@ impl CausalLm {
                 let [b, s, h] = hidden.dims();
                 let vocab = self.embed_tokens.dims()[0];
                 let flat = hidden.reshape([b * s, h]);
-                #[cfg(feature = "cpu")]
                 if let Some(e) = &self.packed_embed
                     && b * s <= super::quant::MAX_ROWS
-                    && super::kernels::applies(&flat.device())
+                    && super::cpu_kernels_apply(&flat.device())
                 {
-                    let host = flat
-                        .to_data()
-                        .try_into_vec::<f32>()
-                        .expect("f32 hidden states");
-                    let y = super::quant::matmul_many(&[e], &host, b * s).remove(0);
-                    return Tensor::<2>::from_data(
-                        TensorData::new(y, [b * s, vocab]),
-                        &flat.device(),
-                    )
-                    .reshape([b, s, vocab]);
+                    return packed_products(&[e], flat).remove(0).reshape([b, s, vocab]);
                 }
                 #[cfg(feature = "cpu")]
                 if b * s <= super::kernels::MAX_ROWS && super::kernels::applies(&flat.device()) {
@@ -421,13 +414,7 @@ impl CausalLm {
         device: &Device,
         keep_blocks: bool,
     ) -> Result<Self, WeightsError> {
-        #[cfg(feature = "cpu")]
-        let keep_blocks = keep_blocks && super::kernels::applies(device);
-        #[cfg(not(feature = "cpu"))]
-        let keep_blocks = {
-            let _ = keep_blocks;
-            false
-        };
+        let keep_blocks = keep_blocks && super::cpu_kernels_apply(device);
         let blocks =
             |name: &str, shape: [usize; 2]| -> Result<Option<Arc<PackedMatrix>>, WeightsError> {
                 if !keep_blocks {

@@ -14,6 +14,18 @@ pub mod rope;
 pub mod spin;
 
 pub use cache::KvCache;
+
+/// Whether the CPU kernels (`kernels`, `quant`) serve tensors on `device`: burn's CPU backend
+/// without autodiff. Always false in a build without the `cpu` feature.
+pub fn cpu_kernels_apply(device: &burn::prelude::Device) -> bool {
+    #[cfg(feature = "cpu")]
+    return kernels::applies(device);
+    #[cfg(not(feature = "cpu"))]
+    {
+        let _ = device;
+        false
+    }
+}
 pub use config::{Architecture, ModelConfig, ResolvedConfig};
 pub use llama::{Batch, CausalLm};
 pub use lora::{LoraAdapter, Proj};

@@ -150,9 +150,10 @@ fn check_auth(state: &AppState, headers: &HeaderMap) -> Option<Response> {
     })
 }
 
-fn parse(
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<CompletionBody, Box<Response>> {
+/// A request body as axum hands it over (an error when it exceeds the size limit).
+type RawBody = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
+fn parse(body: RawBody) -> Result<CompletionBody, Box<Response>> {
     let bytes = body.map_err(|e| {
         Box::new(error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -618,27 +619,31 @@ async fn completions(
 async fn chat_handler(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: RawBody,
 ) -> Response {
-    if let Some(r) = check_auth(&s, &headers) {
-        return r;
-    }
-    match parse(body) {
-        Ok(b) => completions(&s, &headers, b, true).await,
-        Err(r) => *r,
-    }
+    checked_completions(&s, &headers, body, true).await
 }
 
 async fn text_handler(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: RawBody,
 ) -> Response {
-    if let Some(r) = check_auth(&s, &headers) {
+    checked_completions(&s, &headers, body, false).await
+}
+
+/// Authorisation and body parsing, then [`completions`] (`chat`: messages, else a prompt).
+async fn checked_completions(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: RawBody,
+    chat: bool,
+) -> Response {
+    if let Some(r) = check_auth(s, headers) {
         return r;
     }
     match parse(body) {
-        Ok(b) => completions(&s, &headers, b, false).await,
+        Ok(b) => completions(s, headers, b, chat).await,
         Err(r) => *r,
     }
 }

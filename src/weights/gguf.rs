@@ -450,6 +450,14 @@ impl GgufFile {
             })
     }
 
+    /// A tensor's bytes in the file (bounds checked at open), or `None` for a type without a
+    /// known block size.
+    fn raw(&self, info: &TensorInfo) -> Option<&[u8]> {
+        let bytes = self.byte_len(info)? as usize;
+        let start = (self.data_start + info.offset) as usize;
+        Some(&self.mmap[start..start + bytes])
+    }
+
     /// A 2-D tensor's blocks as stored, when its type is one the decode kernel reads.
     pub fn packed(
         &self,
@@ -466,11 +474,7 @@ impl GgufFile {
         if shape.len() != 2 {
             return Ok(None);
         }
-        let bytes = self
-            .byte_len(info)
-            .expect("quantised types have a block size") as usize;
-        let start = (self.data_start + info.offset) as usize;
-        let raw = &self.mmap[start..start + bytes];
+        let raw = self.raw(info).expect("quantised types have a block size");
         PackedMatrix::from_gguf(kind, shape[0], shape[1], raw)
             .map(Some)
             .map_err(|detail| WeightsError::Format {
@@ -481,7 +485,7 @@ impl GgufFile {
 
     /// Dequantise a tensor to f32, in ggml element order (i.e. row-major in [`TensorInfo::shape`]).
     pub fn dequantize(&self, info: &TensorInfo) -> Result<Vec<f32>, WeightsError> {
-        let Some(bytes) = self.byte_len(info) else {
+        let Some(raw) = self.raw(info) else {
             return Err(WeightsError::UnsupportedDtype {
                 path: self.path.clone(),
                 tensor: info.name.clone(),
@@ -489,8 +493,6 @@ impl GgufFile {
                 supported: "F32, F16, BF16, Q8_0, Q4_0, Q4_1",
             });
         };
-        let start = (self.data_start + info.offset) as usize;
-        let raw = &self.mmap[start..start + bytes as usize];
         let n = info.n_elements() as usize;
         let (block, _) = info.dtype.block().expect("checked above");
         if !n.is_multiple_of(block) {
@@ -560,22 +562,22 @@ pub fn dequantize_raw(dtype: GgmlType, raw: &[u8], n: usize) -> Vec<f32> {
 /// Undo llama.cpp's Q/K row permutation (made so that adjacent-pair RoPE works) to get the
 /// Hugging Face half-split layout. `data` is row-major `[n_heads * head_dim, cols]`.
 pub fn unpermute_qk(data: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
-    let rows = data.len() / cols;
-    let head_dim = rows / n_heads;
-    let half = head_dim / 2;
-    let mut out = vec![0.0; data.len()];
-    for h in 0..n_heads {
-        for i in 0..half {
-            for s in 0..2 {
-                // GGUF row (h, i, s) holds Hugging Face row (h, s, i).
-                let src = h * head_dim + i * 2 + s;
-                let dst = h * head_dim + s * half + i;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
-            }
-        }
+    let head_dim = data.len() / cols / n_heads;
+    let mut out = Vec::with_capacity(data.len());
+    for dst in 0..data.len() / cols {
+        let src = qk_source_row(dst, head_dim);
+        out.extend_from_slice(&data[src * cols..(src + 1) * cols]);
     }
     out
+}
+
+/// The GGUF row that holds Hugging Face Q/K row `dst`: HF row (h, s, i) — head, half, index in
+/// the half — is GGUF row (h, i, s).
+pub fn qk_source_row(dst: usize, head_dim: usize) -> usize {
+    let half = head_dim / 2;
+    let (h, rem) = (dst / head_dim, dst % head_dim);
+    let (s, i) = (rem / half, rem % half);
+    h * head_dim + i * 2 + s
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::gguf::{GgufFile, Value, unpermute_qk};
+use super::gguf::{GgufFile, Value, qk_source_row, unpermute_qk};
 use super::{HostTensor, WeightSource, WeightsError};
 use crate::model::config::ModelConfig;
 
@@ -274,13 +274,7 @@ impl WeightSource for GgufModel {
             None => packed,
             Some(n) => {
                 let head_dim = packed.rows / n;
-                let half = head_dim / 2;
-                packed.permute_rows(|dst| {
-                    // Hugging Face row (h, s, i) is GGUF row (h, i, s).
-                    let (h, rem) = (dst / head_dim, dst % head_dim);
-                    let (s, i) = (rem / half, rem % half);
-                    h * head_dim + i * 2 + s
-                })
+                packed.permute_rows(|dst| qk_source_row(dst, head_dim))
             }
         }))
     }

@@ -7,6 +7,15 @@ use std::sync::OnceLock;
 
 use switchyard::weights::fetch::{self, FetchFrom};
 
+/// A two-thread tokio runtime for the servers tests start on 127.0.0.1.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 pub fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
