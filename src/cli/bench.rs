@@ -26,7 +26,9 @@ enum BenchCommand {
     Generate(GenerateBench),
     /// LoRA training tokens/s and peak memory, with PyTorch + PEFT side by side.
     Train(super::bench_train::TrainBench),
-    /// What the eval harness adds to a provider's latency (against a bare client), and its memory.
+    /// What the eval harness adds to a provider's latency (against a bare client), and its memory
+    /// (built with `--features test-support`: it runs against the test suite's fault server).
+    #[cfg(feature = "test-support")]
     Eval(super::bench_eval::EvalBench),
     #[command(hide = true)]
     TrainWorker(super::bench_train::TrainWorker),
@@ -153,6 +155,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let b = match a.command {
         BenchCommand::Generate(b) => b,
         BenchCommand::Train(t) => return super::bench_train::run(t),
+        #[cfg(feature = "test-support")]
         BenchCommand::Eval(e) => return super::bench_eval::run(e),
         BenchCommand::TrainWorker(w) => return super::bench_train::worker(w),
     };
@@ -160,11 +163,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         b.repeats > 0 && b.new_tokens > 0 && b.prompt_tokens > 0,
         "counts must be positive"
     );
-    let files = switchyard::weights::resolve::open(b.model.model.as_deref())?;
+    let files = b.model.files()?;
     let model_path = files.path.clone();
-    switchyard::runtime::set_threads(b.model.threads);
-    let device = b.model.device.device().map_err(anyhow::Error::msg)?;
-    let engine = switchyard::runtime::engine_from_files(files, &device)?;
+    switchyard::load::set_threads(b.model.threads);
+    let device = b.model.device.device()?;
+    let engine = Engine::load(files, &device)?;
     let threads = rayon::current_num_threads();
     let prefill = prefill_ids(&engine, b.prompt_tokens)?;
     let chat = engine.tokenizer.apply_chat_template(
@@ -195,14 +198,15 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         decode_tok_s: d,
     }];
     drop(engine);
-    let gguf = b.gguf.clone().unwrap_or_else(|| {
-        switchyard::weights::resolve::models_dir().join(switchyard::weights::fetch::GGUF_NAME)
-    });
+    let gguf = b
+        .gguf
+        .clone()
+        .unwrap_or_else(|| switchyard::load::models_dir().join(switchyard::load::fetch::GGUF_NAME));
     // The same GGUF llama.cpp runs, decoded from its quantised blocks (the llama.cpp-like way).
-    if b.model.device == switchyard::runtime::DeviceKind::Cpu && gguf.is_file() {
-        let mut files = switchyard::weights::resolve::open(Some(&gguf.display().to_string()))?;
+    if b.model.device == switchyard::load::DeviceKind::Cpu && gguf.is_file() {
+        let mut files = switchyard::load::open(Some(&gguf.display().to_string()))?;
         files.quantized_decode = true;
-        let engine = switchyard::runtime::engine_from_files(files, &device)?;
+        let engine = Engine::load(files, &device)?;
         let (p, d) = ours(&engine, &prefill, &prompt, b.new_tokens, b.repeats);
         rows.push(Row {
             engine: "switchyard-q".into(),
@@ -272,7 +276,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let doc = json!({"threads": threads, "prompt_tokens": b.prompt_tokens, "new_tokens": b.new_tokens,
                          "repeats": b.repeats, "results": rows, "ratios": ratios,
                          "skipped": skipped});
-        switchyard::weights::write_atomic(out, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+        switchyard::util::write_json(out, &doc)?;
     }
     Ok(())
 }

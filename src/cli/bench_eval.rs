@@ -146,17 +146,16 @@ pub fn run(b: EvalBench) -> anyhow::Result<()> {
         cache: Some(ResponseCache::new(dir.path().join("cache"))),
         fresh: true,
         repeats: None,
-        progress: false,
+        interrupt: Default::default(),
     };
     let started = Instant::now();
-    let started_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs_f64();
+    let started_unix = switchyard::util::now_s();
     let report = rt.block_on(runner::run(
         std::slice::from_ref(&suite),
         std::slice::from_ref(&target),
         &Default::default(),
         &opts,
+        &mut runner::Quiet,
     ))?;
     let total_s = started.elapsed().as_secs_f64();
     done.store(true, Ordering::Relaxed);
@@ -198,7 +197,7 @@ pub fn run(b: EvalBench) -> anyhow::Result<()> {
         at(0.9)
     );
     if let Some(p) = b.json {
-        switchyard::weights::write_atomic(&p, serde_json::to_string_pretty(&figures)?.as_bytes())?;
+        switchyard::util::write_json(&p, &figures)?;
     }
     Ok(())
 }

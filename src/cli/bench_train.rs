@@ -45,12 +45,17 @@ pub struct TrainWorker {
     config: String,
 }
 
-fn targets(config: &str) -> Vec<String> {
-    let names: &[&str] = match config {
-        "qv" => &["q_proj", "v_proj"],
-        _ => &switchyard::train::recipe::LINEAR_MODULES,
-    };
-    names.iter().map(|s| s.to_string()).collect()
+/// The adapted projections of a configuration: q and v, or every linear projection of the
+/// model's architecture.
+fn targets(config: &str, cfg: &switchyard::model::ResolvedConfig) -> Vec<String> {
+    match config {
+        "qv" => vec!["q_proj".into(), "v_proj".into()],
+        _ => cfg
+            .layer_projections()
+            .iter()
+            .map(|p| p.short().to_string())
+            .collect(),
+    }
 }
 
 /// Peak resident memory of this process, in MiB (Linux).
@@ -66,15 +71,15 @@ fn peak_rss_mib() -> f64 {
 }
 
 pub fn worker(w: TrainWorker) -> anyhow::Result<()> {
-    switchyard::runtime::set_threads(w.model.threads);
-    let device = w.model.device.device().map_err(anyhow::Error::msg)?;
+    switchyard::load::set_threads(w.model.threads);
+    let device = w.model.device.device()?;
     let wl: Value = serde_json::from_str(&std::fs::read_to_string(&w.workload)?)?;
     let rows: Vec<Vec<u32>> = serde_json::from_value(wl["rows"].clone())?;
     let rank = wl["rank"].as_u64().unwrap_or(8) as usize;
     let steps = wl["steps"].as_u64().unwrap_or(5) as usize;
-    let files = switchyard::weights::resolve::open(w.model.model.as_deref())?;
-    let tps =
-        switchyard::train::throughput(&files, &targets(&w.config), rank, &rows, steps, &device)?;
+    let files = switchyard::load::open(w.model.model.as_deref())?;
+    let targets = targets(&w.config, &files.resolved);
+    let tps = switchyard::train::throughput(&files, &targets, rank, &rows, steps, &device)?;
     println!(
         "{}",
         json!({"tokens_per_s": tps, "peak_rss_mib": peak_rss_mib()})
@@ -94,7 +99,7 @@ fn run_json(cmd: &mut Command) -> Result<Value, String> {
 }
 
 pub fn run(b: TrainBench) -> anyhow::Result<()> {
-    let files = switchyard::weights::resolve::open(b.model.model.as_deref())?;
+    let files = b.model.files()?;
     let model_dir = files.path.clone();
     let text = "The quick brown fox jumps over the lazy dog while the farmer watches from the porch. \
                 A heron stood in the shallows near the old mill, waiting for the children to leave. "
@@ -179,7 +184,7 @@ pub fn run(b: TrainBench) -> anyhow::Result<()> {
     if let Some(out) = &b.out {
         let doc = json!({"rank": b.rank, "micro_batch": b.micro_batch, "seq_len": b.seq_len, "steps": b.steps,
                          "threads": threads, "results": results});
-        switchyard::weights::write_atomic(out, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+        switchyard::util::write_json(out, &doc)?;
     }
     Ok(())
 }

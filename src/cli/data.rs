@@ -32,7 +32,8 @@ pub fn run(a: DataArgs) -> anyhow::Result<()> {
     let DataCommand::Preview { recipe, n, tokens } = a.command;
     let recipe = LoadedRecipe::load(&recipe)?;
     let r = &recipe.recipe;
-    let files = switchyard::weights::resolve::open(r.base_model.as_deref())?;
+    super::ensure_model(r.base_model.as_deref())?;
+    let files = switchyard::load::open(r.base_model.as_deref())?;
     let tok = &files.tokenizer;
     let color = std::io::stdout().is_terminal();
     for spec in &r.datasets {

@@ -1,18 +1,19 @@
 //! `switchyard eval SUITE... [--target NAME]...`: ask every case of the suites of every target
 //! (the local model, hosted providers), score, and write results, summary and comparisons.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
+use switchyard::eval::targets::{self, Catalog};
 use switchyard::eval::{RunOptions, Suite, runner};
+use switchyard::providers::TargetSpec;
 use switchyard::providers::cache::ResponseCache;
-use switchyard::providers::target::TargetsFile;
-use switchyard::providers::{Target, TargetSpec};
+use switchyard::route::derive::DEFAULT_TARGETS_FILE;
+use switchyard::util::Interrupt;
 
 use super::ModelArgs;
+use super::progress::{EvalProgress, describe};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -66,67 +67,16 @@ fn slug(s: &str) -> String {
         .collect()
 }
 
-/// The specs of the named targets (and of every judge a suite names).
-fn specs(a: &EvalArgs, suites: &[Suite]) -> anyhow::Result<(Vec<TargetSpec>, Vec<TargetSpec>)> {
-    let file = a.targets_file.clone().or_else(|| {
-        let d = PathBuf::from("evals/targets.toml");
-        d.exists().then_some(d)
-    });
-    let defined = match &file {
-        Some(f) => TargetsFile::load(f)?,
-        None => Vec::new(),
-    };
-    let local_name = a.name.clone().unwrap_or_else(|| "local".into());
-    let find = |name: &str| -> anyhow::Result<TargetSpec> {
-        if let Some(t) = defined.iter().find(|t| t.name == name) {
-            return Ok(t.clone());
-        }
-        if name == local_name {
-            let mut t = TargetSpec::local(name, a.model.model.clone(), a.model.adapter.clone());
-            t.batch_size = Some(a.batch_size);
-            t.device = Some(a.model.device);
-            t.threads = a.model.threads;
-            t.quantized = a.model.quantized;
-            return Ok(t);
-        }
-        if let Some(t) = TargetSpec::parse_quick(name) {
-            return Ok(t);
-        }
-        let known: Vec<&str> = defined.iter().map(|t| t.name.as_str()).collect();
-        bail!(
-            "unknown target `{name}`: not in {} ({}), not `{local_name}`, not PRESET:MODEL",
-            file.as_deref()
-                .map_or("a targets file".into(), |f| f.display().to_string()),
-            if known.is_empty() {
-                "none defined".into()
-            } else {
-                known.join(", ")
-            }
-        )
-    };
-    let names = if a.targets.is_empty() {
-        vec![local_name.clone()]
-    } else {
-        a.targets.clone()
-    };
-    let mut targets = Vec::new();
-    for n in &names {
-        if targets.iter().any(|t: &TargetSpec| &t.name == n) {
-            bail!("target `{n}` is listed twice");
-        }
-        targets.push(find(n)?);
-    }
-    let mut judges = Vec::new();
-    for s in suites {
-        for sc in &s.scorers {
-            if let Some(j) = &sc.spec.target
-                && !judges.iter().any(|t: &TargetSpec| &t.name == j)
-            {
-                judges.push(find(j).with_context(|| format!("{}: judge", s.path.display()))?);
-            }
-        }
-    }
-    Ok((targets, judges))
+/// What the name `local` (or `--name`) stands for: the model of `--model`, `--adapter` and the
+/// device flags.
+fn local_spec(a: &EvalArgs) -> TargetSpec {
+    let name = a.name.clone().unwrap_or_else(|| "local".into());
+    let mut t = TargetSpec::local(&name, a.model.model.clone(), a.model.adapter.clone());
+    t.batch_size = Some(a.batch_size);
+    t.device = Some(a.model.device);
+    t.threads = a.model.threads;
+    t.quantized = a.model.quantized;
+    t
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
@@ -141,27 +91,30 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         }
         suites.push(s);
     }
-    let (target_specs, judge_specs) = specs(&a, &suites)?;
+    let file = a.targets_file.clone().or_else(|| {
+        let d = PathBuf::from(DEFAULT_TARGETS_FILE);
+        d.exists().then_some(d)
+    });
+    let catalog = Catalog::new(file, local_spec(&a))?;
+    let (target_specs, judge_specs) = catalog.resolve(&a.targets, &suites)?;
+    for spec in target_specs.iter().chain(&judge_specs) {
+        if spec.provider == "local" {
+            super::ensure_model(spec.model.as_deref())?;
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let _guard = rt.enter();
-    let mut built: BTreeMap<String, Arc<Target>> = BTreeMap::new();
-    for spec in target_specs.iter().chain(&judge_specs) {
-        if !built.contains_key(&spec.name) {
-            eprintln!("target {}: {}", spec.name, describe(spec));
-            built.insert(spec.name.clone(), Arc::new(Target::build(spec.clone())?));
-        }
-    }
-    let targets: Vec<Arc<Target>> = target_specs
-        .iter()
-        .map(|s| built[&s.name].clone())
-        .collect();
-    let judges: BTreeMap<String, Arc<Target>> = judge_specs
-        .iter()
-        .map(|s| (s.name.clone(), built[&s.name].clone()))
-        .collect();
+    let (targets, judges) = targets::build(&target_specs, &judge_specs, |spec| {
+        eprintln!("target {}: {}", spec.name, describe(spec))
+    })?;
+    let interrupt = Interrupt::new();
+    super::on_ctrl_c(
+        &interrupt,
+        "finishing the requests in flight; run the same command again to resume",
+    );
     let out = a.out.clone().unwrap_or_else(|| {
         let names: Vec<String> = suites.iter().map(|s| slug(s.name())).collect();
         PathBuf::from("runs/eval").join(names.join("+"))
@@ -177,31 +130,22 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         }),
         fresh: a.fresh,
         repeats: a.repeats,
-        progress: true,
+        interrupt,
     };
-    let report = rt.block_on(runner::run(&suites, &targets, &judges, &opts))?;
+    let mut progress = EvalProgress::new();
+    let report = rt.block_on(runner::run(
+        &suites,
+        &targets,
+        &judges,
+        &opts,
+        &mut progress,
+    ))?;
     print_report(&report);
     if report.interrupted {
         eprintln!("interrupted: run the same command again to resume");
         std::process::exit(130);
     }
     Ok(())
-}
-
-fn describe(t: &TargetSpec) -> String {
-    match t.provider.as_str() {
-        "local" => format!(
-            "local model {}{}",
-            t.model
-                .as_deref()
-                .unwrap_or("SmolLM2-135M-Instruct (default)"),
-            t.adapter
-                .as_deref()
-                .map(|p| format!(" + adapter {}", p.display()))
-                .unwrap_or_default()
-        ),
-        p => format!("{p} · {}", t.model.as_deref().unwrap_or("?")),
-    }
 }
 
 fn secs(v: Option<f64>) -> String {

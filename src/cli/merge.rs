@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use switchyard::weights::adapter::{AdapterConfig, CONFIG_FILE};
+use switchyard::formats::adapter::{AdapterConfig, CONFIG_FILE};
+
+use super::progress::Counter;
 
 #[derive(Args, Debug)]
 pub struct MergeArgs {
@@ -21,18 +23,15 @@ pub fn run(a: MergeArgs) -> anyhow::Result<()> {
     let base = match &a.model {
         Some(m) => Some(m.clone()),
         None => {
-            let cfg: AdapterConfig =
-                switchyard::weights::hf_folder::read_json(&a.adapter.join(CONFIG_FILE))?;
+            let cfg: AdapterConfig = switchyard::util::read_json(&a.adapter.join(CONFIG_FILE))?;
             cfg.base_model_name_or_path
         }
     };
-    let files = switchyard::weights::resolve::open(base.as_deref())?.with_adapter(&a.adapter)?;
-    let bar = super::convert::progress_bar(0, "merging tensors");
-    switchyard::weights::convert::write_folder(&files, &a.out_dir, |i, n| {
-        bar.set_length(n as u64);
-        bar.set_position(i as u64);
-    })?;
-    bar.finish_and_clear();
+    super::ensure_model(base.as_deref())?;
+    let files = switchyard::load::open(base.as_deref())?.with_adapter(&a.adapter)?;
+    let mut count = Counter::new("merging", "tensors");
+    switchyard::load::convert::write_folder(&files, &a.out_dir, |i, n| count.update(i, n))?;
+    count.finish();
     println!("wrote {} ({})", a.out_dir.display(), files.origin);
     Ok(())
 }

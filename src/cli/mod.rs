@@ -1,6 +1,7 @@
 //! One file per subcommand: parse flags, pick the device, call the library.
 
 mod bench;
+#[cfg(feature = "test-support")]
 mod bench_eval;
 mod bench_train;
 mod chat;
@@ -10,16 +11,19 @@ mod eval;
 mod generate;
 mod merge;
 mod models;
+mod progress;
 mod report;
 mod route;
 mod run;
 mod serve;
 mod train;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
-use switchyard::runtime::DeviceKind;
+use switchyard::load::{self, DEFAULT_MODEL, DeviceKind};
 
 #[derive(Parser)]
 #[command(
@@ -73,7 +77,7 @@ pub struct ModelArgs {
     #[arg(long, short)]
     pub model: Option<String>,
     /// cpu (burn flex), cuda or wgpu.
-    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    #[arg(long, default_value_t = DeviceKind::Cpu, value_parser = device_kind())]
     pub device: DeviceKind,
     /// CPU threads (default: all cores, or RAYON_NUM_THREADS).
     #[arg(long)]
@@ -88,18 +92,64 @@ pub struct ModelArgs {
     pub quantized: bool,
 }
 
+/// `--device`: one of the device names, parsed into a [`DeviceKind`].
+pub fn device_kind() -> impl clap::builder::TypedValueParser<Value = DeviceKind> {
+    PossibleValuesParser::new(DeviceKind::NAMES).map(|s| s.parse().expect("a listed name"))
+}
+
 impl ModelArgs {
-    pub fn load(&self) -> anyhow::Result<switchyard::generate::Engine> {
-        switchyard::runtime::set_threads(self.threads);
-        let device = self.device.device().map_err(anyhow::Error::msg)?;
-        let files = switchyard::weights::resolve::open(self.model.as_deref())?;
+    /// The model's files (fetched first when it is the default model and not there yet).
+    pub fn files(&self) -> anyhow::Result<load::ModelFiles> {
+        ensure_model(self.model.as_deref())?;
+        let files = load::open(self.model.as_deref())?;
         let mut files = match &self.adapter {
             Some(dir) => files.with_adapter(dir)?,
             None => files,
         };
         files.quantized_decode = self.quantized;
-        Ok(switchyard::runtime::engine_from_files(files, &device)?)
+        Ok(files)
     }
+
+    pub fn load(&self) -> anyhow::Result<switchyard::generate::Engine> {
+        load::set_threads(self.threads);
+        let device = self.device.device()?;
+        Ok(switchyard::generate::Engine::load(self.files()?, &device)?)
+    }
+}
+
+/// The default model is fetched on first use, as `models fetch` would; any other model must
+/// already be where its spec says.
+pub fn ensure_model(spec: Option<&str>) -> anyhow::Result<()> {
+    let spec = spec.unwrap_or(DEFAULT_MODEL);
+    let folder = load::models_dir().join(DEFAULT_MODEL);
+    if spec != DEFAULT_MODEL
+        || std::path::Path::new(spec).exists()
+        || switchyard::formats::hf::is_complete(&folder)
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "{DEFAULT_MODEL} is not in {} yet: fetching it (once)…",
+        load::models_dir().display()
+    );
+    let mut count = progress::Counter::new("converting", "tensors");
+    load::fetch::fetch_default(load::fetch::FetchFrom::Auto, false, |i, n| {
+        count.update(i, n)
+    })?;
+    count.finish();
+    Ok(())
+}
+
+/// Ctrl-C: the first asks `interrupt` to stop at its next safe point (after saying `what`), the
+/// second quits at once.
+pub fn on_ctrl_c(interrupt: &switchyard::util::Interrupt, what: &'static str) {
+    let interrupt = interrupt.clone();
+    let _ = ctrlc::set_handler(move || {
+        if interrupt.trigger() {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: {what} (Ctrl-C again to quit now)");
+    });
 }
 
 fn init_logging(verbose: u8) {
@@ -113,6 +163,7 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .without_time()
         .init();
 }

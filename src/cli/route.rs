@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Subcommand, ValueEnum};
 use switchyard::route::derive::{self, DeriveOptions};
-use switchyard::route::economics::EconomicsInput;
 use switchyard::route::export::{self, LocalEndpoint};
-use switchyard::route::{Constraints, Objective, Policy};
-use switchyard::weights::write_atomic;
+use switchyard::route::{Objective, Policy};
+use switchyard::util::write_atomic;
 
 #[derive(Args, Debug)]
 pub struct RouteArgs {
@@ -23,6 +23,8 @@ enum RouteCommand {
     Export(ExportArgs),
 }
 
+/// The flags of `route derive`: [`DeriveOptions`], field for field (a pipeline's `[route]` table
+/// is the same struct).
 #[derive(Args, Debug)]
 struct DeriveArgs {
     /// Eval run folders (each with results.jsonl and run.json).
@@ -31,11 +33,13 @@ struct DeriveArgs {
     /// The policy file to write (JSON); a Markdown rendering goes beside it (.md).
     #[arg(long, default_value = "runs/policy.json")]
     out: PathBuf,
-    #[arg(long, value_enum, default_value_t = Objective::Cheapest)]
+    #[arg(long, default_value_t = Objective::Cheapest,
+          value_parser = PossibleValuesParser::new(Objective::NAMES)
+              .map(|s| s.parse::<Objective>().expect("a listed name")))]
     objective: Objective,
     /// A cheaper (or faster) target wins only if its paired difference to the best has a 95%
     /// interval above −margin (score units: 0.02 = 2 points).
-    #[arg(long, default_value_t = 0.02)]
+    #[arg(long, default_value_t = derive::DEFAULT_MARGIN)]
     margin: f64,
     /// Minimum mean score (0–1).
     #[arg(long)]
@@ -50,10 +54,10 @@ struct DeriveArgs {
     #[arg(long)]
     max_error_rate: Option<f64>,
     /// Tasks with fewer cases get no route of their own (they follow their suite's broader tag).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = derive::DEFAULT_MIN_CASES)]
     min_cases: usize,
     /// Fallbacks per route.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = derive::DEFAULT_FALLBACKS)]
     fallbacks: usize,
     /// Only these tasks (suite tags); repeat. Default: every tag.
     #[arg(long = "task")]
@@ -65,12 +69,33 @@ struct DeriveArgs {
     #[arg(long)]
     machine_tokens_per_s: Option<f64>,
     /// A name for the machine in the report.
-    #[arg(long, default_value = "the eval's machine")]
+    #[arg(long, default_value = derive::DEFAULT_MACHINE)]
     machine: String,
     /// Priced targets to compare self-hosting with even if they were not evaluated (default:
     /// evals/targets.toml when it exists).
     #[arg(long)]
     targets_file: Option<PathBuf>,
+}
+
+impl DeriveArgs {
+    /// Every field named, so that an option added to [`DeriveOptions`] cannot be forgotten here.
+    fn options(&self) -> DeriveOptions {
+        DeriveOptions {
+            objective: self.objective,
+            margin: self.margin,
+            min_score: self.min_score,
+            max_p95_latency: self.max_p95_latency,
+            max_cost_per_1k: self.max_cost_per_1k,
+            max_error_rate: self.max_error_rate,
+            min_cases: self.min_cases,
+            fallbacks: self.fallbacks,
+            tasks: self.tasks.clone(),
+            machine_price_per_hour: self.machine_price_per_hour,
+            machine_tokens_per_s: self.machine_tokens_per_s,
+            machine: self.machine.clone(),
+            targets_file: self.targets_file.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -91,7 +116,7 @@ struct ExportArgs {
     #[arg(long)]
     out: PathBuf,
     /// Where `switchyard serve` answers for the policy's local targets (LiteLLM export).
-    #[arg(long, default_value = "http://127.0.0.1:8000/v1")]
+    #[arg(long, default_value = export::DEFAULT_SERVE_URL)]
     serve_url: String,
     /// The variable holding `switchyard serve`'s bearer token, if it uses one.
     #[arg(long)]
@@ -111,32 +136,9 @@ fn derive_cmd(a: DeriveArgs) -> anyhow::Result<()> {
         .iter()
         .map(|r| derive::read_run(r))
         .collect::<Result<Vec<_>, _>>()?;
-    let opts = DeriveOptions {
-        objective: a.objective,
-        constraints: Constraints {
-            min_score: a.min_score,
-            max_p95_latency_s: a.max_p95_latency,
-            max_cost_per_1k_requests_usd: a.max_cost_per_1k,
-            max_error_rate: a.max_error_rate,
-        },
-        margin: a.margin,
-        max_fallbacks: a.fallbacks,
-        min_cases: a.min_cases,
-        tasks: (!a.tasks.is_empty()).then(|| a.tasks.clone()),
-        economics: match a.machine_price_per_hour {
-            Some(p) => Some(EconomicsInput {
-                price_per_hour: p,
-                tokens_per_s: a.machine_tokens_per_s,
-                machine: a.machine.clone(),
-                price_list: price_list(a.targets_file.as_deref())?,
-            }),
-            None => None,
-        },
-    };
+    let opts = a.options();
     let policy = derive::derive(&runs, &opts)?;
-    write_atomic(&a.out, serde_json::to_string_pretty(&policy)?.as_bytes())?;
-    let md = a.out.with_extension("md");
-    write_atomic(&md, policy.markdown().as_bytes())?;
+    let md = policy.save(&a.out)?;
     println!("{:<24} {:<26} {:<40} why", "task", "primary", "fallbacks");
     for r in &policy.routes {
         println!(
@@ -160,17 +162,6 @@ fn derive_cmd(a: DeriveArgs) -> anyhow::Result<()> {
     }
     println!("{} and {}", a.out.display(), md.display());
     Ok(())
-}
-
-fn price_list(file: Option<&std::path::Path>) -> anyhow::Result<Vec<(String, f64, f64)>> {
-    let default = std::path::Path::new("evals/targets.toml");
-    let Some(f) = file.or(default.exists().then_some(default)) else {
-        return Ok(Vec::new());
-    };
-    Ok(switchyard::providers::target::TargetsFile::load(f)?
-        .into_iter()
-        .filter_map(|t| Some((t.name, t.price_in?, t.price_out?)))
-        .collect())
 }
 
 fn export_cmd(a: ExportArgs) -> anyhow::Result<()> {

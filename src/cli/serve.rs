@@ -65,6 +65,9 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
                     .iter()
                     .any(|r| &r.primary == name || r.fallbacks.contains(name));
                 if used {
+                    if spec.provider == "local" {
+                        super::ensure_model(spec.model.as_deref())?;
+                    }
                     eprintln!("target {name}: {}", spec.provider);
                     targets.insert(name.clone(), Arc::new(Target::build(spec.clone())?));
                 }
@@ -91,6 +94,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
                     None => base,
                 }
             });
+            super::ensure_model(a.model.model.as_deref())?;
             let mut spec = TargetSpec::local(&name, a.model.model.clone(), a.model.adapter.clone());
             spec.batch_size = Some(a.batch_size);
             spec.device = Some(a.model.device);

@@ -1,10 +1,12 @@
 //! `switchyard train RECIPE`: validate, plan, train (or resume), write the adapter.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Args;
-use switchyard::train::{self, LoadedRecipe, TrainOptions};
+use switchyard::train::{self, LoadedRecipe, Prepared, TrainOptions};
+use switchyard::util::Interrupt;
+
+use super::progress::TrainProgress;
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -25,19 +27,10 @@ pub struct TrainArgs {
     /// Write the run here instead of the recipe's `output_dir`.
     #[arg(long)]
     output_dir: Option<PathBuf>,
-    /// Stop as Ctrl-C would after this step (saves a checkpoint): for testing resumption.
-    #[arg(long, hide = true)]
-    interrupt_after: Option<usize>,
 }
 
-pub fn run(a: TrainArgs) -> anyhow::Result<()> {
-    switchyard::runtime::set_threads(a.threads);
-    let mut recipe = LoadedRecipe::load(&a.recipe)?;
-    if let Some(d) = &a.output_dir {
-        recipe.recipe.output_dir = d.clone();
-    }
-    let device = recipe.recipe.device.device().map_err(anyhow::Error::msg)?;
-    let prepared = train::prepare(recipe)?;
+/// The plan in a few lines: data, adapters, steps.
+pub fn print_plan(prepared: &Prepared) {
     let plan = &prepared.plan;
     let r = &prepared.recipe.recipe;
     eprintln!(
@@ -73,6 +66,19 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         r.lr_scheduler,
         r.learning_rate
     );
+}
+
+pub fn run(a: TrainArgs) -> anyhow::Result<()> {
+    switchyard::load::set_threads(a.threads);
+    let mut recipe = LoadedRecipe::load(&a.recipe)?;
+    if let Some(d) = &a.output_dir {
+        recipe.recipe.output_dir = d.clone();
+    }
+    let device = recipe.recipe.device.device()?;
+    super::ensure_model(recipe.recipe.base_model.as_deref())?;
+    let prepared = train::prepare(recipe)?;
+    print_plan(&prepared);
+    let (plan, r) = (&prepared.plan, &prepared.recipe.recipe);
     if a.dry_run {
         let secs = train::time_one_step(&prepared, &device)?;
         let total = secs * (plan.total_steps * r.gradient_accumulation_steps) as f64;
@@ -83,20 +89,19 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(plan)?);
         return Ok(());
     }
-    let _ = ctrlc::set_handler(|| {
-        if train::INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit now)");
-    });
+    let interrupt = Interrupt::new();
+    super::on_ctrl_c(&interrupt, "saving a checkpoint after this step");
     let opts = TrainOptions {
-        dry_run: false,
         resume: a.resume,
         overwrite: a.overwrite,
-        progress: std::io::stderr().is_terminal(),
-        interrupt_after: a.interrupt_after,
     };
-    let outcome = train::train(&prepared, &device, &opts)?;
+    let outcome = train::train(
+        &prepared,
+        &device,
+        &opts,
+        &interrupt,
+        &mut TrainProgress::new(),
+    )?;
     let out = prepared.recipe.output_dir();
     if outcome.interrupted {
         eprintln!(

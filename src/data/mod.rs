@@ -27,8 +27,6 @@ pub enum DataError {
     },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
-    #[error("{0}")]
-    Other(String),
 }
 
 /// One `[[datasets]]` entry of a recipe.

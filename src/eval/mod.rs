@@ -7,18 +7,22 @@
 //!   [`crate::providers`]), results streamed to disk.
 //! - [`results`]: the result rows, Parquet, and the summaries and paired comparisons.
 //! - [`stats`]: intervals and tests.
+//! - [`targets`]: target names resolved to specs (a targets file, `local`, `PRESET:MODEL`), judges
+//!   included.
 
 pub mod results;
 pub mod runner;
 pub mod scorers;
 pub mod stats;
 pub mod suite;
+pub mod targets;
 
 use std::path::PathBuf;
 
 use crate::data::DataError;
+use crate::util::FileError;
 pub use results::{Comparison, ResultRow, SummaryRow};
-pub use runner::{RunOptions, RunReport};
+pub use runner::{EvalObserver, RunOptions, RunReport};
 pub use suite::{Case, Suite};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,20 +31,19 @@ pub enum EvalError {
     Suite { path: PathBuf, detail: String },
     #[error(transparent)]
     Data(#[from] DataError),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Other(String),
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// Results could not be made into a table (polars).
+    #[error("{path}: {detail}")]
+    Table { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Target(#[from] crate::providers::ProviderError),
+    #[error(transparent)]
+    Targets(#[from] targets::TargetsError),
 }
 
 impl EvalError {
     pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
-        EvalError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        EvalError::File(FileError::io(path, source))
     }
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::EvalError;
 use super::stats::{self, Estimate, Paired};
+use crate::util::{FileError, write_atomic, write_json};
 
 /// One answered (or failed) case × target × repeat. The file format of `results.jsonl` and the
 /// columns of `results.parquet`.
@@ -247,11 +248,8 @@ pub fn read_rows(path: &Path) -> Result<(Vec<ResultRow>, usize), EvalError> {
         match serde_json::from_str::<ResultRow>(line) {
             Ok(r) => rows.push(r),
             Err(e) => {
-                return Err(EvalError::Other(format!(
-                    "{}: line {}: {e}",
-                    path.display(),
-                    rows.len() + 1
-                )));
+                let line = rows.len() + 1;
+                return Err(FileError::parse(path, format!("line {line}: {e}")).into());
             }
         }
         good += line.len();
@@ -259,28 +257,39 @@ pub fn read_rows(path: &Path) -> Result<(Vec<ResultRow>, usize), EvalError> {
     Ok((rows, good))
 }
 
-fn jsonl<T: Serialize>(items: &[T]) -> Result<Vec<u8>, EvalError> {
+/// Rows as JSON lines (plain structs with string keys: serialising them cannot fail).
+pub fn jsonl<T: Serialize>(items: &[T]) -> Vec<u8> {
     let mut buf = Vec::new();
     for i in items {
-        serde_json::to_writer(&mut buf, i).map_err(|e| EvalError::Other(e.to_string()))?;
+        serde_json::to_writer(&mut buf, i).expect("rows serialise to JSON");
         buf.push(b'\n');
     }
-    Ok(buf)
+    buf
 }
 
-/// A table through polars: from serde rows (via JSON lines, so nulls and types come out right).
-pub fn frame<T: Serialize>(items: &[T]) -> Result<polars::prelude::DataFrame, EvalError> {
+/// A table through polars: from serde rows (via JSON lines, so nulls and types come out right);
+/// `path` is the file it is for, in errors.
+pub fn frame<T: Serialize>(
+    items: &[T],
+    path: &Path,
+) -> Result<polars::prelude::DataFrame, EvalError> {
     use polars::prelude::*;
-    let bytes = jsonl(items)?;
-    JsonReader::new(std::io::Cursor::new(bytes))
+    JsonReader::new(std::io::Cursor::new(jsonl(items)))
         .with_json_format(JsonFormat::JsonLines)
         .infer_schema_len(None)
         .finish()
-        .map_err(|e| EvalError::Other(format!("results table: {e}")))
+        .map_err(|e| table_error(path, e))
+}
+
+fn table_error(path: &Path, e: polars::prelude::PolarsError) -> EvalError {
+    EvalError::Table {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    }
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
-    crate::weights::write_atomic(path, bytes).map_err(|e| EvalError::Other(e.to_string()))
+    Ok(write_atomic(path, bytes)?)
 }
 
 fn pct(x: f64) -> String {
@@ -357,43 +366,43 @@ pub fn write_outputs(
     comparisons: &[Comparison],
 ) -> Result<(), EvalError> {
     use polars::prelude::*;
-    let pe = |e: PolarsError| EvalError::Other(e.to_string());
     if !rows.is_empty() {
-        let mut df = frame(rows)?;
+        let path = out.join("results.parquet");
+        let mut df = frame(rows, &path)?;
         let mut buf = Vec::new();
-        ParquetWriter::new(&mut buf).finish(&mut df).map_err(pe)?;
-        write(&out.join("results.parquet"), &buf)?;
+        ParquetWriter::new(&mut buf)
+            .finish(&mut df)
+            .map_err(|e| table_error(&path, e))?;
+        write(&path, &buf)?;
     }
     write(
         &out.join("summary.md"),
         markdown(summary, comparisons).as_bytes(),
     )?;
-    let js = |e: serde_json::Error| EvalError::Other(e.to_string());
-    write(
-        &out.join("summary.json"),
-        &serde_json::to_vec_pretty(summary).map_err(js)?,
-    )?;
-    write(
-        &out.join("comparisons.json"),
-        &serde_json::to_vec_pretty(comparisons).map_err(js)?,
-    )?;
-    for (name, df) in [
+    write_json(&out.join("summary.json"), &summary)?;
+    write_json(&out.join("comparisons.json"), &comparisons)?;
+    let (summary_csv, comparisons_csv) = (out.join("summary.csv"), out.join("comparisons.csv"));
+    for (path, df) in [
         (
-            "summary.csv",
-            (!summary.is_empty()).then(|| frame(summary)).transpose()?,
+            &summary_csv,
+            (!summary.is_empty())
+                .then(|| frame(summary, &summary_csv))
+                .transpose()?,
         ),
         (
-            "comparisons.csv",
+            &comparisons_csv,
             (!comparisons.is_empty())
-                .then(|| frame(comparisons))
+                .then(|| frame(comparisons, &comparisons_csv))
                 .transpose()?,
         ),
     ] {
         let mut buf = Vec::new();
         if let Some(mut df) = df {
-            CsvWriter::new(&mut buf).finish(&mut df).map_err(pe)?;
+            CsvWriter::new(&mut buf)
+                .finish(&mut df)
+                .map_err(|e| table_error(path, e))?;
         }
-        write(&out.join(name), &buf)?;
+        write(path, &buf)?;
     }
     Ok(())
 }

@@ -1,27 +1,42 @@
-//! The eval runner: every case × target × repeat, concurrently per target (its own limit on
-//! requests in flight, rate limits and retries), answers from the response cache when it has them,
-//! results streamed to `results.jsonl` one line at a time so that memory stays flat and a killed
-//! run resumes where it stopped. At the end: Parquet, summary, comparisons.
+//! The eval runner: every case × target × repeat, concurrently per target (through each
+//! target's one door, [`Target::ask`]: its limit on requests in flight, rate limits and retries),
+//! answers from the response cache when it has them, results streamed to `results.jsonl` one line
+//! at a time so that memory stays flat and a killed run resumes where it stopped. At the end:
+//! Parquet, summary, comparisons. It prints nothing: an [`EvalObserver`] hears of every row.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use futures_util::StreamExt;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::EvalError;
 use super::results::{self, Comparison, ResultRow, SummaryRow, job_key};
-use super::scorers::{self, ScorerKind, Verdict};
+use super::scorers::{JudgeError, Judges, Verdict};
 use super::suite::{Case, Suite};
 use crate::providers::cache::ResponseCache;
-use crate::providers::retry::{self, Outcome};
-use crate::providers::{ChatRequest, ChatResponse, Target};
+use crate::providers::{BoxFuture, ChatRequest, ChatResponse, Message, Outcome, Target};
+use crate::util::{Interrupt, now_s, write_atomic, write_json};
+
+/// Watches an eval run. Every method has a default that does nothing.
+pub trait EvalObserver {
+    /// Before any request: a target's rows in this run, and how many an earlier run did.
+    fn planned(&mut self, _target: &str, _rows: usize, _done: usize) {}
+    /// A row was answered, scored and written.
+    fn row(&mut self, _row: &ResultRow) {}
+    /// Every row is in (or the run was interrupted).
+    fn finished(&mut self) {}
+}
+
+/// An observer that watches nothing.
+pub struct Quiet;
+
+impl EvalObserver for Quiet {}
 
 pub struct RunOptions {
     /// The run's folder: results.jsonl (streamed), results.parquet, summary.*, comparisons.*, run.json.
@@ -32,7 +47,8 @@ pub struct RunOptions {
     pub fresh: bool,
     /// Override every suite's `repeats`.
     pub repeats: Option<u32>,
-    pub progress: bool,
+    /// Set: no new request starts; those in flight finish and are written.
+    pub interrupt: Interrupt,
 }
 
 #[derive(Debug, Clone)]
@@ -59,14 +75,7 @@ struct Ctx {
     judges: BTreeMap<String, (Arc<Target>, Value)>,
     requests: AtomicUsize,
     hits: AtomicUsize,
-    cancel: Arc<AtomicBool>,
-}
-
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    interrupt: Interrupt,
 }
 
 impl Ctx {
@@ -90,10 +99,7 @@ impl Ctx {
                 true,
             );
         }
-        let out = {
-            let _slot = t.slots.acquire().await.expect("semaphore stays open");
-            retry::send(t.provider.as_ref(), req, &t.limiter, &t.retry).await
-        };
+        let out = t.ask(req).await;
         self.requests
             .fetch_add(out.attempts as usize, Ordering::Relaxed);
         if let (Ok(r), Some(c)) = (&out.result, &self.cache)
@@ -102,37 +108,6 @@ impl Ctx {
             tracing::warn!("response cache {}: {e}", c.dir().display());
         }
         (out, false)
-    }
-
-    async fn judge(
-        &self,
-        name: &str,
-        rubric: &str,
-        case: &Case,
-        output: &str,
-    ) -> Result<Verdict, String> {
-        let (t, identity) = self
-            .judges
-            .get(name)
-            .ok_or_else(|| format!("judge target `{name}` is not defined"))?;
-        let question = case
-            .messages
-            .iter()
-            .rev()
-            .find(|m| m.role == "user")
-            .map_or("", |m| m.content.as_str());
-        let req = ChatRequest {
-            messages: scorers::judge_messages(rubric, question, output, case.reference.as_deref()),
-            max_tokens: 512,
-            temperature: 0.0,
-            top_p: 1.0,
-            seed: Some(0),
-            stop: Vec::new(),
-        };
-        let (out, _) = self.ask(t, identity, &req, 0).await;
-        out.result
-            .map(|r| scorers::judge_verdict(&r.text))
-            .map_err(|e| format!("judge `{name}`: {e}"))
     }
 
     async fn job(
@@ -151,7 +126,7 @@ impl Ctx {
             case_id: case.id.clone(),
             line: case.line as u64,
             tags: case.tags.join(","),
-            target: t.spec.name.clone(),
+            target: t.name().to_string(),
             provider: t.spec.provider.clone(),
             model: t.spec.model.clone(),
             repeat,
@@ -187,7 +162,7 @@ impl Ctx {
             }
             Ok(resp) => self.score(suite, case, t, resp, &mut row).await,
         }
-        row.finished_at = now();
+        row.finished_at = now_s();
         row
     }
 
@@ -199,36 +174,36 @@ impl Ctx {
         resp: ChatResponse,
         row: &mut ResultRow,
     ) {
+        let question = case
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map_or("", |m| m.content.as_str());
+        let reference = case.reference.as_deref();
         let mut verdicts = Vec::with_capacity(suite.scorers.len());
         for s in &suite.scorers {
-            let v = if s.spec.kind == ScorerKind::Judge {
-                let (name, rubric) = (
-                    s.spec.target.as_deref().unwrap_or(""),
-                    s.spec.rubric.as_deref().unwrap_or(""),
-                );
-                match self.judge(name, rubric, case, &resp.text).await {
-                    Ok(v) => v,
-                    Err(e) => {
-                        row.error = Some(e.clone());
-                        Verdict {
-                            scorer: "judge".into(),
-                            score: 0.0,
-                            extracted: None,
-                            reason: Some(e),
-                        }
+            let v = match s.score(&resp.text, question, reference, self).await {
+                Ok(v) => v,
+                Err(e) => {
+                    // A judge that could not grade: the row is asked again on resume.
+                    row.error = Some(e.to_string());
+                    Verdict {
+                        scorer: s.name().into(),
+                        score: 0.0,
+                        extracted: None,
+                        reason: Some(e.to_string()),
                     }
                 }
-            } else {
-                s.score(&resp.text, case.reference.as_deref())
             };
             verdicts.push(v);
         }
-        let total: f64 = suite.scorers.iter().map(|s| s.spec.weight).sum();
+        let total: f64 = suite.scorers.iter().map(|s| s.weight).sum();
         let score = suite
             .scorers
             .iter()
             .zip(&verdicts)
-            .map(|(s, v)| s.spec.weight * v.score)
+            .map(|(s, v)| s.weight * v.score)
             .sum::<f64>()
             / total.max(f64::MIN_POSITIVE);
         let reasons: Vec<String> = verdicts
@@ -251,6 +226,38 @@ impl Ctx {
             row.model = resp.model;
         }
         row.output = Some(resp.text);
+    }
+}
+
+/// Judge scorers grade through the run's judge targets, with the cache and the same door as
+/// every other request.
+impl Judges for Ctx {
+    fn ask<'a>(
+        &'a self,
+        target: &'a str,
+        messages: Vec<Message>,
+    ) -> BoxFuture<'a, Result<String, JudgeError>> {
+        Box::pin(async move {
+            let fail = |detail: String| JudgeError {
+                target: target.to_string(),
+                detail,
+            };
+            let (t, identity) = self
+                .judges
+                .get(target)
+                .ok_or_else(|| fail("is not defined as a target".into()))?;
+            let req = ChatRequest {
+                messages,
+                max_tokens: 512,
+                temperature: 0.0,
+                top_p: 1.0,
+                seed: Some(0),
+                stop: Vec::new(),
+                raw: false,
+            };
+            let (out, _) = Ctx::ask(self, t, identity, &req, 0).await;
+            out.result.map(|r| r.text).map_err(|e| fail(e.to_string()))
+        })
     }
 }
 
@@ -279,37 +286,19 @@ fn resume(
         .filter(|r| r.error.is_none() && wanted.contains(&r.key()) && done.insert(r.key()))
         .collect();
     if keep.len() != rows.len() || good_bytes != total {
-        let mut buf = Vec::new();
-        for r in &keep {
-            serde_json::to_writer(&mut buf, r).map_err(|e| EvalError::Other(e.to_string()))?;
-            buf.push(b'\n');
-        }
-        crate::weights::write_atomic(path, &buf).map_err(|e| EvalError::Other(e.to_string()))?;
+        write_atomic(path, &results::jsonl(&keep))?;
     }
     Ok(done)
 }
 
-fn bar_for(mp: &MultiProgress, name: &str, len: usize, done: usize) -> ProgressBar {
-    let b = mp.add(ProgressBar::new(len as u64));
-    b.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>16} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    b.set_prefix(name.chars().take(16).collect::<String>());
-    b.set_position(done as u64);
-    b.reset_eta();
-    b
-}
-
-/// Run suites on targets. `judges` are the targets judge scorers may use (by name).
+/// Run suites on targets. `judges` are the targets judge scorers may use (by name); `observer`
+/// hears of every row.
 pub async fn run(
     suites: &[Suite],
     targets: &[Arc<Target>],
     judges: &BTreeMap<String, Arc<Target>>,
     opts: &RunOptions,
+    observer: &mut dyn EvalObserver,
 ) -> Result<RunReport, EvalError> {
     let started = Instant::now();
     std::fs::create_dir_all(&opts.out).map_err(|e| EvalError::io(&opts.out, e))?;
@@ -321,7 +310,7 @@ pub async fn run(
         for c in &s.cases {
             for t in targets {
                 for r in 0..repeats(s) {
-                    wanted.insert(job_key(s.name(), &c.id, &t.spec.name, r));
+                    wanted.insert(job_key(s.name(), &c.id, t.name(), r));
                 }
             }
         }
@@ -335,50 +324,19 @@ pub async fn run(
         cache: opts.cache.clone(),
         judges: judges
             .iter()
-            .map(|(k, t)| (k.clone(), (t.clone(), t.provider.identity())))
+            .map(|(k, t)| (k.clone(), (t.clone(), t.identity())))
             .collect(),
         requests: AtomicUsize::new(0),
         hits: AtomicUsize::new(0),
-        cancel: Arc::new(AtomicBool::new(false)),
+        interrupt: opts.interrupt.clone(),
     });
-    {
-        let cancel = ctx.cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!(
-                    "\ninterrupted: finishing the requests in flight; run the same command again to resume"
-                );
-                cancel.store(true, Ordering::SeqCst);
-            }
-        });
-    }
 
-    let mp = MultiProgress::with_draw_target(if opts.progress {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    });
     let (tx, mut rx) = mpsc::channel::<ResultRow>(1024);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&results_path)
         .map_err(|e| EvalError::io(&results_path, e))?;
-    let writer_path = results_path.clone();
-    let writer = tokio::task::spawn_blocking(move || -> Result<usize, EvalError> {
-        let mut f = std::io::BufWriter::new(file);
-        let mut errors = 0;
-        while let Some(row) = rx.blocking_recv() {
-            errors += row.error.is_some() as usize;
-            let mut line = serde_json::to_vec(&row).map_err(|e| EvalError::Other(e.to_string()))?;
-            line.push(b'\n');
-            // One write per row, flushed: a killed run loses at most the rows in flight.
-            f.write_all(&line)
-                .and_then(|_| f.flush())
-                .map_err(|e| EvalError::io(&writer_path, e))?;
-        }
-        Ok(errors)
-    });
 
     let mut work = Vec::new();
     for t in targets {
@@ -388,23 +346,22 @@ pub async fn run(
             for (ci, c) in s.cases.iter().enumerate() {
                 for r in 0..repeats(s) {
                     total += 1;
-                    if !done.contains(&job_key(s.name(), &c.id, &t.spec.name, r)) {
+                    if !done.contains(&job_key(s.name(), &c.id, t.name(), r)) {
                         jobs.push((si, ci, r));
                     }
                 }
             }
         }
-        let bar = bar_for(&mp, &t.spec.name, total, total - jobs.len());
+        observer.planned(t.name(), total, total - jobs.len());
         let (ctx, t, tx) = (ctx.clone(), t.clone(), tx.clone());
-        let identity = t.provider.identity();
-        let width = t.concurrency;
+        let identity = t.identity();
+        let width = t.concurrency();
         work.push(async move {
-            let errors = AtomicUsize::new(0);
             futures_util::stream::iter(jobs)
                 .map(|(si, ci, r)| {
                     let (ctx, t, identity) = (&ctx, &t, &identity);
                     async move {
-                        if ctx.cancel.load(Ordering::SeqCst) {
+                        if ctx.interrupt.is_set() {
                             return None;
                         }
                         Some(
@@ -415,32 +372,40 @@ pub async fn run(
                 })
                 .buffer_unordered(width)
                 .for_each(|row| {
-                    let (tx, bar, errors) = (&tx, &bar, &errors);
+                    let tx = &tx;
                     async move {
                         if let Some(row) = row {
-                            if row.error.is_some() {
-                                let n = errors.fetch_add(1, Ordering::Relaxed) + 1;
-                                bar.set_message(format!("{n} errors"));
-                            }
-                            bar.inc(1);
                             let _ = tx.send(row).await;
                         }
                     }
                 })
                 .await;
-            bar.finish();
         });
     }
     drop(tx);
-    futures_util::future::join_all(work).await;
-    let errors = writer
-        .await
-        .map_err(|e| EvalError::Other(format!("result writer: {e}")))??;
-    let _ = mp.clear();
+    // One writer, in this task: a line per row, flushed, so a killed run loses at most the rows
+    // in flight; the observer hears of each row as it is written.
+    let writer = async {
+        let mut f = std::io::BufWriter::new(file);
+        let mut errors = 0;
+        while let Some(row) = rx.recv().await {
+            errors += row.error.is_some() as usize;
+            let mut line = serde_json::to_vec(&row).expect("rows serialise to JSON");
+            line.push(b'\n');
+            f.write_all(&line)
+                .and_then(|_| f.flush())
+                .map_err(|e| EvalError::io(&results_path, e))?;
+            observer.row(&row);
+        }
+        Ok::<usize, EvalError>(errors)
+    };
+    let (_, errors) = tokio::join!(futures_util::future::join_all(work), writer);
+    let errors = errors?;
+    observer.finished();
 
     let (rows, _) = results::read_rows(&results_path)?;
     let summary = results::summarize(&rows);
-    let names: Vec<String> = targets.iter().map(|t| t.spec.name.clone()).collect();
+    let names: Vec<String> = targets.iter().map(|t| t.name().to_string()).collect();
     let comparisons = results::compare(&rows, &names);
     results::write_outputs(&opts.out, &rows, &summary, &comparisons)?;
     Ok(RunReport {
@@ -450,7 +415,7 @@ pub async fn run(
         requests: ctx.requests.load(Ordering::Relaxed),
         cache_hits: ctx.hits.load(Ordering::Relaxed),
         errors,
-        interrupted: ctx.cancel.load(Ordering::SeqCst),
+        interrupted: ctx.interrupt.is_set(),
         wall_s: started.elapsed().as_secs_f64(),
         summary,
         comparisons,
@@ -481,12 +446,12 @@ fn write_run_json(
                     }
                 }
             }
-            json!({ "spec": spec, "identity": t.provider.identity() })
+            json!({ "spec": spec, "identity": t.identity() })
         })
         .collect();
     let v = json!({
         "run_id": run_id,
-        "started_at": now(),
+        "started_at": now_s(),
         "switchyard": env!("CARGO_PKG_VERSION"),
         "suites": suites.iter().map(|s| json!({
             "name": s.name(), "path": s.path, "cases": s.cases.len(), "repeats": repeats(s),
@@ -494,7 +459,5 @@ fn write_run_json(
         })).collect::<Vec<_>>(),
         "targets": targets,
     });
-    let bytes = serde_json::to_vec_pretty(&v).map_err(|e| EvalError::Other(e.to_string()))?;
-    crate::weights::write_atomic(&out.join("run.json"), &bytes)
-        .map_err(|e| EvalError::Other(e.to_string()))
+    Ok(write_json(&out.join("run.json"), &v)?)
 }

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 use super::EvalError;
 use super::scorers::{Scorer, ScorerSpec};
@@ -180,8 +179,7 @@ fn cell(v: &Value) -> Option<String> {
 }
 
 pub fn prompt_hash(messages: &[Message]) -> String {
-    let h = Sha256::digest(serde_json::to_vec(messages).unwrap_or_default());
-    format!("{h:x}")[..16].to_string()
+    crate::util::sha256_hex(&serde_json::to_vec(messages).unwrap_or_default())[..16].to_string()
 }
 
 impl Suite {
@@ -221,13 +219,13 @@ impl Suite {
             .enumerate()
             .map(|(i, s)| Scorer::new(s.clone(), path, i))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(err)?;
+            .map_err(|e| err(e.to_string()))?;
         if file.reference.is_none()
-            && let Some(s) = scorers.iter().find(|s| s.spec.kind.needs_reference())
+            && let Some(s) = scorers.iter().find(|s| s.kind.needs_reference())
         {
             return Err(err(format!(
                 "scorer `{}` compares with a reference: set `reference` (the answer column)",
-                s.spec.kind.name()
+                s.name()
             )));
         }
         let mut rows = match &file.dataset {
@@ -361,6 +359,7 @@ impl Suite {
             top_p: g.top_p,
             seed: g.seed.map(|s| s + repeat as u64),
             stop: g.stop.clone(),
+            raw: false,
         }
     }
 

@@ -8,9 +8,21 @@ use std::time::{Duration, Instant};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::load::{LoadError, ModelFiles};
 use crate::model::{Batch, CausalLm, KvCache};
 use crate::tokenize::{ModelTokenizer, TokenizeError};
 pub use sampling::{Sampler, SamplingParams, log_softmax, top_n};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("empty prompt: nothing to condition on")]
+    EmptyPrompt,
+    /// The prompt does not leave room for one more token in the model's context.
+    #[error("prompt has {prompt} tokens; the model's context is {context}")]
+    ContextLength { prompt: usize, context: usize },
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizeError),
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GenerateOptions {
@@ -107,6 +119,16 @@ struct Row {
 }
 
 impl Engine {
+    /// The model of `files` on `device`, with its tokenizer.
+    pub fn load(files: ModelFiles, device: &Device) -> Result<Self, LoadError> {
+        let model = files.model_on(device)?;
+        Ok(Self {
+            model,
+            tokenizer: files.tokenizer,
+            device: device.clone(),
+        })
+    }
+
     /// The model's text for a token, and its raw bytes (byte-level BPE decoded alone).
     fn token_repr(&self, id: u32) -> (String, Vec<u8>) {
         let text = self.tokenizer.decode(&[id], false).unwrap_or_default();
@@ -160,19 +182,18 @@ impl Engine {
         prompts: &[Vec<u32>],
         opts: &GenerateOptions,
         mut on_text: impl FnMut(usize, &str),
-    ) -> Result<(Vec<Generation>, Timings), TokenizeError> {
+    ) -> Result<(Vec<Generation>, Timings), GenerateError> {
         let b = prompts.len();
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         if longest == 0 {
-            return Err(TokenizeError::Tokenizer(
-                "empty prompt: nothing to condition on".into(),
-            ));
+            return Err(GenerateError::EmptyPrompt);
         }
         let max_positions = self.model.max_positions();
         if longest >= max_positions {
-            return Err(TokenizeError::Tokenizer(format!(
-                "prompt has {longest} tokens; the model's context is {max_positions}"
-            )));
+            return Err(GenerateError::ContextLength {
+                prompt: longest,
+                context: max_positions,
+            });
         }
         let pad_id = self.tokenizer.eos_ids.first().copied().unwrap_or(0);
         let pad_left: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();

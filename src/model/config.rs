@@ -39,6 +39,61 @@ impl Architecture {
             Self::Qwen2 => "Qwen2ForCausalLM",
         }
     }
+
+    pub const ALL: [Architecture; 3] = [Self::Llama, Self::Mistral, Self::Qwen2];
+
+    /// The projections of one decoder layer, by module path, in checkpoint order.
+    pub fn layer_modules(self) -> &'static [&'static str] {
+        match self {
+            Self::Llama | Self::Mistral | Self::Qwen2 => &LLAMA_LAYER,
+        }
+    }
+
+    /// The short names (`q_proj`) LoRA can target in any architecture, for checking a recipe
+    /// before its model is opened.
+    pub fn any_linear_module() -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = Vec::new();
+        for a in Self::ALL {
+            for m in a.layer_modules() {
+                let short = short_name(m);
+                if !names.contains(&short) {
+                    names.push(short);
+                }
+            }
+        }
+        names
+    }
+}
+
+/// A Llama-family decoder layer's projections: attention, then the SwiGLU MLP.
+const LLAMA_LAYER: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+/// `self_attn.q_proj` → `q_proj`: the name LoRA recipes and PEFT's `target_modules` use.
+pub fn short_name(module: &str) -> &str {
+    module.rsplit('.').next().unwrap_or(module)
+}
+
+/// One linear projection: its module path and `[in, out]`, and whether it has a bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Projection {
+    pub module: &'static str,
+    pub d_in: usize,
+    pub d_out: usize,
+    pub bias: bool,
+}
+
+impl Projection {
+    pub fn short(&self) -> &'static str {
+        short_name(self.module)
+    }
 }
 
 /// RoPE frequency scaling (`rope_scaling` in older configs, part of `rope_parameters` in transformers 5).
@@ -211,42 +266,73 @@ impl ModelConfig {
             mlp_bias: self.mlp_bias == Some(true),
         })
     }
-
-    /// The EOS ids, whether written as one integer or a list.
-    pub fn eos_ids(&self) -> Vec<u32> {
-        ids_of(self.eos_token_id.as_ref())
-    }
-}
-
-/// `5`, `[5, 6]` or absent, as a list.
-pub fn ids_of(v: Option<&serde_json::Value>) -> Vec<u32> {
-    match v {
-        Some(serde_json::Value::Number(n)) => {
-            n.as_u64().map(|v| vec![v as u32]).unwrap_or_default()
-        }
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_u64())
-            .map(|v| v as u32)
-            .collect(),
-        _ => Vec::new(),
-    }
 }
 
 impl ResolvedConfig {
+    /// The projections of one decoder layer with their shapes: the one table the network, its
+    /// loader, training and recipe checks read.
+    pub fn layer_projections(&self) -> Vec<Projection> {
+        let (h, q, kv, f) = (
+            self.hidden,
+            self.heads * self.head_dim,
+            self.kv_heads * self.head_dim,
+            self.intermediate,
+        );
+        self.arch
+            .layer_modules()
+            .iter()
+            .map(|&module| {
+                let (d_in, d_out, bias) = match short_name(module) {
+                    "q_proj" => (h, q, self.qkv_bias),
+                    "k_proj" | "v_proj" => (h, kv, self.qkv_bias),
+                    "o_proj" => (q, h, false),
+                    "gate_proj" | "up_proj" => (h, f, self.mlp_bias),
+                    "down_proj" => (f, h, self.mlp_bias),
+                    other => unreachable!("no shape for `{other}`"),
+                };
+                Projection {
+                    module,
+                    d_in,
+                    d_out,
+                    bias,
+                }
+            })
+            .collect()
+    }
+
+    /// Every projection by its full module name (`model.layers.0.self_attn.q_proj`, and
+    /// `lm_head` when the output layer is not tied to the embedding), in checkpoint order.
+    pub fn projections(&self) -> Vec<(String, Projection)> {
+        let layer = self.layer_projections();
+        let mut out: Vec<(String, Projection)> = (0..self.layers)
+            .flat_map(|i| {
+                layer
+                    .iter()
+                    .map(move |p| (format!("model.layers.{i}.{}", p.module), *p))
+            })
+            .collect();
+        if !self.tied_embeddings {
+            let head = Projection {
+                module: "lm_head",
+                d_in: self.hidden,
+                d_out: self.vocab,
+                bias: false,
+            };
+            out.push(("lm_head".into(), head));
+        }
+        out
+    }
+
+    /// Parameters of the model, from the config alone (reading the weights would dequantise a
+    /// whole GGUF just to count them).
     pub fn num_parameters(&self) -> usize {
-        let attn = self.hidden * self.heads * self.head_dim * 2
-            + self.hidden * self.kv_heads * self.head_dim * 2;
-        let bias = if self.qkv_bias {
-            (self.heads + 2 * self.kv_heads) * self.head_dim
-        } else {
-            0
-        };
-        let mlp = 3 * self.hidden * self.intermediate;
-        let per_layer = attn + bias + mlp + 2 * self.hidden;
-        let embed = self.vocab * self.hidden;
-        let head = if self.tied_embeddings { 0 } else { embed };
-        embed + head + self.hidden + per_layer * self.layers
+        let projections: usize = self
+            .projections()
+            .iter()
+            .map(|(_, p)| p.d_in * p.d_out + if p.bias { p.d_out } else { 0 })
+            .sum();
+        let norms = (2 * self.layers + 1) * self.hidden;
+        projections + norms + self.vocab * self.hidden
     }
 }
 

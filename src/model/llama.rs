@@ -13,11 +13,11 @@ use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
 
 use super::cache::{KvCache, LayerCache};
-use super::config::ResolvedConfig;
+use super::config::{Projection, ResolvedConfig};
 use super::lora::Proj;
 use super::quant::PackedMatrix;
 use super::rope::Rope;
-use crate::weights::{HostTensor, WeightSource, WeightsError};
+use super::vars::{Vars, WeightError};
 
 #[derive(Module, Debug)]
 pub struct RmsNorm {
@@ -71,6 +71,10 @@ pub struct CausalLm {
     /// The tied embedding in the quantised blocks it was loaded from, for decode-sized logits.
     #[module(skip)]
     packed_embed: Option<Arc<PackedMatrix>>,
+    /// The module paths of a layer's projections (the architecture's table), in the order of
+    /// [`DecoderLayer::projections`].
+    #[module(skip)]
+    layer_modules: &'static [&'static str],
 }
 
 /// What the caller wants out of a forward pass.
@@ -217,6 +221,34 @@ impl Attention {
 }
 
 impl DecoderLayer {
+    /// The projections, in the order of the architecture's table (`layer_modules`).
+    fn projections(&self) -> [&Proj; 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ]
+    }
+
+    /// [`Self::projections`], mutable.
+    fn projections_mut(&mut self) -> [&mut Proj; 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut m.gate_proj,
+            &mut m.up_proj,
+            &mut m.down_proj,
+        ]
+    }
+
     fn forward(&self, x: Tensor<3>, at: &Shared<'_>, cache: &mut LayerCache) -> Tensor<3> {
         let h = x.clone()
             + self
@@ -353,17 +385,8 @@ impl CausalLm {
     pub fn projections(&self) -> Vec<(String, &Proj)> {
         let mut out = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
-            let (a, m) = (&l.self_attn, &l.mlp);
-            for (n, p) in [
-                ("self_attn.q_proj", &a.q_proj),
-                ("self_attn.k_proj", &a.k_proj),
-                ("self_attn.v_proj", &a.v_proj),
-                ("self_attn.o_proj", &a.o_proj),
-                ("mlp.gate_proj", &m.gate_proj),
-                ("mlp.up_proj", &m.up_proj),
-                ("mlp.down_proj", &m.down_proj),
-            ] {
-                out.push((format!("model.layers.{i}.{n}"), p));
+            for (m, p) in self.layer_modules.iter().zip(l.projections()) {
+                out.push((format!("model.layers.{i}.{m}"), p));
             }
         }
         if let Some(h) = &self.lm_head {
@@ -374,19 +397,11 @@ impl CausalLm {
 
     /// [`Self::projections`], mutable.
     pub fn projections_mut(&mut self) -> Vec<(String, &mut Proj)> {
+        let modules = self.layer_modules;
         let mut out = Vec::new();
         for (i, l) in self.layers.iter_mut().enumerate() {
-            let (a, m) = (&mut l.self_attn, &mut l.mlp);
-            for (n, p) in [
-                ("self_attn.q_proj", &mut a.q_proj),
-                ("self_attn.k_proj", &mut a.k_proj),
-                ("self_attn.v_proj", &mut a.v_proj),
-                ("self_attn.o_proj", &mut a.o_proj),
-                ("mlp.gate_proj", &mut m.gate_proj),
-                ("mlp.up_proj", &mut m.up_proj),
-                ("mlp.down_proj", &mut m.down_proj),
-            ] {
-                out.push((format!("model.layers.{i}.{n}"), p));
+            for (m, p) in modules.iter().zip(l.projections_mut()) {
+                out.push((format!("model.layers.{i}.{m}"), p));
             }
         }
         if let Some(h) = &mut self.lm_head {
@@ -395,136 +410,92 @@ impl CausalLm {
         out
     }
 
-    /// Build the network from Hugging Face-named tensors, checking every shape. Quantised GGUF
-    /// weights are also kept as blocks for the CPU decode kernel (see [`Self::load_with`]).
-    pub fn load(
-        cfg: &ResolvedConfig,
-        src: &dyn WeightSource,
-        device: &Device,
-    ) -> Result<Self, WeightsError> {
-        Self::load_with(cfg, src, device, true)
-    }
-
-    /// [`Self::load`]; `keep_blocks: false` runs every product on the f32 weights even when the
-    /// source is quantised. Blocks are kept only on the CPU device without autodiff, the one the
-    /// kernel serves.
-    pub fn load_with(
-        cfg: &ResolvedConfig,
-        src: &dyn WeightSource,
-        device: &Device,
-        keep_blocks: bool,
-    ) -> Result<Self, WeightsError> {
-        let keep_blocks = keep_blocks && super::cpu_kernels_apply(device);
-        let blocks =
-            |name: &str, shape: [usize; 2]| -> Result<Option<Arc<PackedMatrix>>, WeightsError> {
-                if !keep_blocks {
-                    return Ok(None);
-                }
-                match src.get_packed(name)? {
-                    Some(p) if [p.rows, p.cols] == shape => Ok(Some(Arc::new(p))),
-                    Some(p) => Err(WeightsError::Shape {
-                        path: src.origin().to_path_buf(),
-                        tensor: name.to_string(),
-                        found: vec![p.rows, p.cols],
-                        expected: shape.to_vec(),
-                    }),
-                    None => Ok(None),
-                }
-            };
-        let up = |t: HostTensor| -> Tensor<2> {
-            let shape = [t.shape[0], t.shape[1]];
-            Tensor::from_data(TensorData::new(t.data, shape), device)
-        };
-        let vec = |t: HostTensor| -> Tensor<1> {
-            Tensor::from_data(TensorData::new(t.data, [t.shape[0]]), device)
-        };
-        let lin =
-            |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Proj, WeightsError> {
-                let w = src.require(&format!("{name}.weight"), &[d_out, d_in])?;
-                let bias = if bias {
-                    Some(Param::from_tensor(vec(
-                        src.require(&format!("{name}.bias"), &[d_out])?
-                    )))
-                } else {
-                    None
-                };
-                // burn computes x·W with W [in, out]; a transposed view of the [out, in] data keeps the
-                // checkpoint's rows contiguous, which the decode kernel reads directly.
-                let mut proj = Proj::new(Linear {
-                    weight: Param::from_tensor(up(w).transpose()),
-                    bias,
-                });
-                proj.packed = blocks(&format!("{name}.weight"), [d_out, d_in])?;
-                Ok(proj)
-            };
-        let norm = |name: &str| -> Result<RmsNorm, WeightsError> {
+    /// Build the network from Hugging Face-named tensors, checking every shape. With
+    /// `vars.with_blocks(true)`, quantised weights are also kept as blocks for the CPU decode
+    /// kernel; only the CPU device without autodiff, the one the kernel serves, keeps them.
+    pub fn load(cfg: &ResolvedConfig, vars: &Vars<'_>) -> Result<Self, WeightError> {
+        let norm = |v: &Vars<'_>| -> Result<RmsNorm, WeightError> {
             Ok(RmsNorm {
-                weight: Param::from_tensor(vec(src.require(name, &[cfg.hidden])?)),
+                weight: Param::from_tensor(v.vector("weight", cfg.hidden)?),
                 eps: cfg.eps,
             })
         };
-        let (hd, q_out, kv_out) = (
-            cfg.hidden,
-            cfg.heads * cfg.head_dim,
-            cfg.kv_heads * cfg.head_dim,
-        );
+        let table = cfg.layer_projections();
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
-            let p = format!("model.layers.{i}");
+            let lv = vars.pp("model.layers").pp(i);
+            let projs: Vec<Proj> = table
+                .iter()
+                .map(|p| projection(&lv.pp(p.module), p))
+                .collect::<Result<_, _>>()?;
+            let [
+                q_proj,
+                k_proj,
+                v_proj,
+                o_proj,
+                gate_proj,
+                up_proj,
+                down_proj,
+            ]: [Proj; 7] = projs
+                .try_into()
+                .expect("the Llama table has seven projections");
             layers.push(DecoderLayer {
-                input_layernorm: norm(&format!("{p}.input_layernorm.weight"))?,
+                input_layernorm: norm(&lv.pp("input_layernorm"))?,
                 self_attn: Attention {
-                    q_proj: lin(&format!("{p}.self_attn.q_proj"), hd, q_out, cfg.qkv_bias)?,
-                    k_proj: lin(&format!("{p}.self_attn.k_proj"), hd, kv_out, cfg.qkv_bias)?,
-                    v_proj: lin(&format!("{p}.self_attn.v_proj"), hd, kv_out, cfg.qkv_bias)?,
-                    o_proj: lin(&format!("{p}.self_attn.o_proj"), q_out, hd, false)?,
+                    q_proj,
+                    k_proj,
+                    v_proj,
+                    o_proj,
                     heads: cfg.heads,
                     kv_heads: cfg.kv_heads,
                     head_dim: cfg.head_dim,
                 },
-                post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
+                post_attention_layernorm: norm(&lv.pp("post_attention_layernorm"))?,
                 mlp: Mlp {
-                    gate_proj: lin(
-                        &format!("{p}.mlp.gate_proj"),
-                        hd,
-                        cfg.intermediate,
-                        cfg.mlp_bias,
-                    )?,
-                    up_proj: lin(
-                        &format!("{p}.mlp.up_proj"),
-                        hd,
-                        cfg.intermediate,
-                        cfg.mlp_bias,
-                    )?,
-                    down_proj: lin(
-                        &format!("{p}.mlp.down_proj"),
-                        cfg.intermediate,
-                        hd,
-                        cfg.mlp_bias,
-                    )?,
+                    gate_proj,
+                    up_proj,
+                    down_proj,
                 },
             });
         }
-        let embed = up(src.require("model.embed_tokens.weight", &[cfg.vocab, hd])?);
-        let lm_head = if cfg.tied_embeddings {
-            None
-        } else {
-            Some(lin("lm_head", hd, cfg.vocab, false)?)
+        let embed_shape = [cfg.vocab, cfg.hidden];
+        let embed = vars.matrix("model.embed_tokens.weight", embed_shape)?;
+        let lm_head = match cfg.projections().pop() {
+            Some((name, p)) if name == "lm_head" => Some(projection(&vars.pp("lm_head"), &p)?),
+            _ => None,
         };
         // Positions beyond what the model was trained for are refused by the generator, not here.
         let positions = cfg.max_positions.min(32_768);
         Ok(Self {
             embed_tokens: Param::from_tensor(embed),
             layers,
-            norm: norm("model.norm.weight")?,
+            norm: norm(&vars.pp("model.norm"))?,
             lm_head,
-            rope: Rope::new(cfg, positions, device),
+            rope: Rope::new(cfg, positions, vars.device()),
             sliding_window: cfg.sliding_window.unwrap_or(0),
             packed_embed: if cfg.tied_embeddings {
-                blocks("model.embed_tokens.weight", [cfg.vocab, hd])?
+                vars.blocks("model.embed_tokens.weight", embed_shape)?
             } else {
                 None
             },
+            layer_modules: cfg.arch.layer_modules(),
         })
     }
+}
+
+/// One projection from `{module}.weight` (`[out, in]`) and `{module}.bias`. burn computes x·W
+/// with W `[in, out]`; a transposed view of the `[out, in]` data keeps the checkpoint's rows
+/// contiguous, which the decode kernel reads directly.
+fn projection(v: &Vars<'_>, p: &Projection) -> Result<Proj, WeightError> {
+    let w = v.matrix("weight", [p.d_out, p.d_in])?;
+    let bias = match p.bias {
+        true => Some(Param::from_tensor(v.vector("bias", p.d_out)?)),
+        false => None,
+    };
+    let mut proj = Proj::new(Linear {
+        weight: Param::from_tensor(w.transpose()),
+        bias,
+    });
+    proj.packed = v.blocks("weight", [p.d_out, p.d_in])?;
+    Ok(proj)
 }

@@ -1,7 +1,9 @@
-//! The network in burn: configuration from `config.json`, attention (GQA, RoPE, KV cache), MLP,
-//! norms. Generic over the device: nothing here assumes the CPU. The CPU gets extra kernels for
-//! decode-sized products (`kernels`: f32; `quant`: GGUF blocks; `spin`: their thread pool), taken
-//! only when a tensor is on burn's CPU backend without autodiff; every other device runs burn's ops.
+//! The network in burn: configuration from `config.json` (with each architecture's table of
+//! projections), attention (GQA, RoPE, KV cache), MLP, norms; weights read by name through
+//! [`vars`], from a source whose file format the model does not know. Generic over the device:
+//! nothing here assumes the CPU. The CPU gets extra kernels for decode-sized products (`kernels`:
+//! f32; `quant`: quantised blocks; `spin`: their thread pool), taken only when a tensor is on
+//! burn's CPU backend without autodiff; every other device runs burn's ops.
 
 pub mod cache;
 pub mod config;
@@ -12,6 +14,7 @@ pub mod lora;
 pub mod quant;
 pub mod rope;
 pub mod spin;
+pub mod vars;
 
 pub use cache::KvCache;
 
@@ -26,6 +29,7 @@ pub fn cpu_kernels_apply(device: &burn::prelude::Device) -> bool {
         false
     }
 }
-pub use config::{Architecture, ModelConfig, ResolvedConfig};
+pub use config::{Architecture, ModelConfig, Projection, ResolvedConfig};
 pub use llama::{Batch, CausalLm};
 pub use lora::{LoraAdapter, Proj};
+pub use vars::{HostData, Vars, WeightError, WeightSource};

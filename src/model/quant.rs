@@ -10,10 +10,9 @@
 //! relative precision per value, as in llama.cpp; the prefill path (many rows) keeps the f32
 //! weights and burn's matmul.
 //!
-//! Matrices are `[out, in]` (the checkpoint's rows). On load, blocks are split into their parts:
-//! the 4- or 8-bit values of a row contiguously, the scales (and Q4 offsets) as f32 arrays.
-
-use half::f16;
+//! Matrices are `[out, in]` (the checkpoint's rows), held as their blocks' parts: the 4- or 8-bit
+//! values of a row contiguously, the scales (and Q4 offsets) as f32 arrays. Loading decodes the
+//! file's blocks into these parts (`formats::gguf::blocks`); this module only multiplies.
 
 /// Activation rows one call handles (decode of a small batch); more rows make a real matmul.
 pub const MAX_ROWS: usize = 8;
@@ -22,24 +21,14 @@ pub const BLOCK: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuantKind {
-    /// f16 scale, 32 × 4-bit values, weight = d·(q − 8).
+    /// weight = d·q + m with 4-bit q (Q4_0: m = −8·d).
     Q4_0,
-    /// f16 scale and f16 minimum, 32 × 4-bit values, weight = d·q + m.
     Q4_1,
-    /// f16 scale, 32 × i8 values, weight = d·q.
+    /// weight = d·q with i8 q.
     Q8_0,
 }
 
 impl QuantKind {
-    /// Bytes of one 32-weight block in a GGUF file.
-    pub fn block_bytes(self) -> usize {
-        match self {
-            QuantKind::Q4_0 => 18,
-            QuantKind::Q4_1 => 20,
-            QuantKind::Q8_0 => 34,
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             QuantKind::Q4_0 => "Q4_0",
@@ -50,6 +39,10 @@ impl QuantKind {
 
     fn nibbles(self) -> bool {
         self != QuantKind::Q8_0
+    }
+
+    fn value_bytes(self) -> usize {
+        if self.nibbles() { 16 } else { 32 }
     }
 }
 
@@ -64,7 +57,7 @@ pub struct PackedMatrix {
     qs: Vec<u8>,
     /// `[rows * blocks]` scales.
     d: Vec<f32>,
-    /// `[rows * blocks]` offsets of the 4-bit types (weight = d·q + m; −8·d for Q4_0); empty for Q8_0.
+    /// `[rows * blocks]` offsets of the 4-bit types (weight = d·q + m); empty for Q8_0.
     m: Vec<f32>,
 }
 
@@ -80,46 +73,45 @@ impl std::fmt::Debug for PackedMatrix {
     }
 }
 
-fn half_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+/// Parts whose lengths do not fit the matrix.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "{kind} [{rows}, {cols}]: {values} value bytes, {scales} scales, {offsets} offsets do not make whole {BLOCK}-value blocks"
+)]
+pub struct PartsError {
+    kind: &'static str,
+    rows: usize,
+    cols: usize,
+    values: usize,
+    scales: usize,
+    offsets: usize,
 }
 
 impl PackedMatrix {
-    /// From `rows` rows of `cols / 32` GGUF blocks of `kind`, as stored in the file.
-    pub fn from_gguf(
+    /// From decoded blocks' parts; the lengths must fit `[rows, cols]`.
+    pub fn from_parts(
         kind: QuantKind,
-        rows: usize,
-        cols: usize,
-        raw: &[u8],
-    ) -> Result<Self, String> {
-        if cols == 0 || !cols.is_multiple_of(BLOCK) {
-            return Err(format!(
-                "{} rows of {cols} values are not whole {BLOCK}-value blocks",
-                kind.name()
-            ));
-        }
+        [rows, cols]: [usize; 2],
+        qs: Vec<u8>,
+        d: Vec<f32>,
+        m: Vec<f32>,
+    ) -> Result<Self, PartsError> {
         let blocks = rows * (cols / BLOCK);
-        let want = blocks * kind.block_bytes();
-        if raw.len() != want {
-            return Err(format!(
-                "{} [{rows}, {cols}] needs {want} bytes, got {}",
-                kind.name(),
-                raw.len()
-            ));
-        }
-        let per = if kind.nibbles() { 16 } else { 32 };
-        let mut qs = Vec::with_capacity(blocks * per);
-        let mut d = Vec::with_capacity(blocks);
-        let mut m = Vec::with_capacity(if kind.nibbles() { blocks } else { 0 });
-        for blk in raw.chunks_exact(kind.block_bytes()) {
-            let scale = half_at(blk, 0);
-            d.push(scale);
-            match kind {
-                QuantKind::Q4_0 => m.push(-8.0 * scale),
-                QuantKind::Q4_1 => m.push(half_at(blk, 2)),
-                QuantKind::Q8_0 => {}
-            }
-            qs.extend_from_slice(&blk[blk.len() - per..]);
+        let want_m = if kind.nibbles() { blocks } else { 0 };
+        if cols == 0
+            || !cols.is_multiple_of(BLOCK)
+            || qs.len() != blocks * kind.value_bytes()
+            || d.len() != blocks
+            || m.len() != want_m
+        {
+            return Err(PartsError {
+                kind: kind.name(),
+                rows,
+                cols,
+                values: qs.len(),
+                scales: d.len(),
+                offsets: m.len(),
+            });
         }
         Ok(Self {
             kind,
@@ -135,14 +127,10 @@ impl PackedMatrix {
         self.cols / BLOCK
     }
 
-    fn value_bytes(&self) -> usize {
-        if self.kind.nibbles() { 16 } else { 32 }
-    }
-
     /// Row `r`'s values, scales and offsets.
     fn row(&self, r: usize) -> Row<'_> {
         let nb = self.blocks();
-        let vb = self.value_bytes();
+        let vb = self.kind.value_bytes();
         Row {
             nibbles: self.kind.nibbles(),
             qs: &self.qs[r * nb * vb..(r + 1) * nb * vb],
@@ -153,55 +141,6 @@ impl PackedMatrix {
                 &self.m[r * nb..(r + 1) * nb]
             },
         }
-    }
-
-    /// The same matrix with its rows reordered: row `i` of the result is row `src(i)` of this one.
-    pub fn permute_rows(&self, src: impl Fn(usize) -> usize) -> Self {
-        let (nb, vb) = (self.blocks(), self.value_bytes());
-        let mut out = Self {
-            qs: Vec::with_capacity(self.qs.len()),
-            d: Vec::with_capacity(self.d.len()),
-            m: Vec::with_capacity(self.m.len()),
-            ..*self
-        };
-        for i in 0..self.rows {
-            let r = src(i);
-            out.qs
-                .extend_from_slice(&self.qs[r * nb * vb..(r + 1) * nb * vb]);
-            out.d.extend_from_slice(&self.d[r * nb..(r + 1) * nb]);
-            if !self.m.is_empty() {
-                out.m.extend_from_slice(&self.m[r * nb..(r + 1) * nb]);
-            }
-        }
-        out
-    }
-
-    /// Bytes one product reads.
-    pub fn nbytes(&self) -> usize {
-        self.qs.len() + 4 * (self.d.len() + self.m.len())
-    }
-
-    /// `[rows, cols]` in f32, row-major: exactly the values the GGUF file describes.
-    pub fn dequantize(&self) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.rows * self.cols);
-        for r in 0..self.rows {
-            let row = self.row(r);
-            for b in 0..self.blocks() {
-                let d = row.d[b];
-                if row.nibbles {
-                    let (qs, m) = (&row.qs[b * 16..(b + 1) * 16], row.m[b]);
-                    out.extend(qs.iter().map(|&q| (q & 0xF) as f32 * d + m));
-                    out.extend(qs.iter().map(|&q| (q >> 4) as f32 * d + m));
-                } else {
-                    out.extend(
-                        row.qs[b * 32..(b + 1) * 32]
-                            .iter()
-                            .map(|&q| (q as i8) as f32 * d),
-                    );
-                }
-            }
-        }
-        out
     }
 }
 
@@ -512,7 +451,7 @@ mod x86 {
 mod tests {
     use super::*;
 
-    /// A matrix of random GGUF blocks of `kind` (scales kept small and finite).
+    /// A matrix of random blocks of `kind` (scales kept small and finite).
     fn random(kind: QuantKind, rows: usize, cols: usize, seed: u64) -> PackedMatrix {
         let mut s = seed;
         let mut next = || {
@@ -521,21 +460,42 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             (s >> 33) as u32
         };
-        let mut raw = Vec::new();
-        for _ in 0..rows * cols / BLOCK {
-            let d = f16::from_f32((next() % 1000) as f32 / 20000.0 + 0.001);
-            raw.extend(d.to_le_bytes());
-            if kind == QuantKind::Q4_1 {
-                raw.extend(f16::from_f32(-((next() % 100) as f32) / 500.0).to_le_bytes());
+        let blocks = rows * cols / BLOCK;
+        let (mut qs, mut d, mut m) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..blocks {
+            let scale = (next() % 1000) as f32 / 20000.0 + 0.001;
+            d.push(scale);
+            match kind {
+                QuantKind::Q4_0 => m.push(-8.0 * scale),
+                QuantKind::Q4_1 => m.push(-((next() % 100) as f32) / 500.0),
+                QuantKind::Q8_0 => {}
             }
-            let n = if kind == QuantKind::Q8_0 { 32 } else { 16 };
-            raw.extend((0..n).map(|_| next() as u8));
+            qs.extend((0..kind.value_bytes()).map(|_| next() as u8));
         }
-        PackedMatrix::from_gguf(kind, rows, cols, &raw).unwrap()
+        PackedMatrix::from_parts(kind, [rows, cols], qs, d, m).unwrap()
+    }
+
+    /// The exact f32 values the blocks stand for.
+    fn dequantize(w: &PackedMatrix) -> Vec<f32> {
+        let mut out = Vec::with_capacity(w.rows * w.cols);
+        for b in 0..w.rows * w.blocks() {
+            if w.kind.nibbles() {
+                let qs = &w.qs[b * 16..(b + 1) * 16];
+                out.extend(qs.iter().map(|&q| (q & 0xF) as f32 * w.d[b] + w.m[b]));
+                out.extend(qs.iter().map(|&q| (q >> 4) as f32 * w.d[b] + w.m[b]));
+            } else {
+                out.extend(
+                    w.qs[b * 32..(b + 1) * 32]
+                        .iter()
+                        .map(|&q| (q as i8) as f32 * w.d[b]),
+                );
+            }
+        }
+        out
     }
 
     fn dense_product(w: &PackedMatrix, x: &[f32], m: usize) -> Vec<f32> {
-        let dense = w.dequantize();
+        let dense = dequantize(w);
         let mut y = vec![0f32; m * w.rows];
         for i in 0..m {
             for r in 0..w.rows {
@@ -595,7 +555,7 @@ mod tests {
                 let ys = matmul_many(&[&w, &w2], &x, m);
                 for (y, mat) in ys.iter().zip([&w, &w2]) {
                     let exact = dense_product(mat, &x, m);
-                    let dense = mat.dequantize();
+                    let dense = dequantize(mat);
                     for i in 0..m {
                         for r in 0..mat.rows {
                             let scale: f32 = (0..cols)
@@ -614,14 +574,28 @@ mod tests {
     }
 
     #[test]
-    fn permuted_rows_and_bad_sizes() {
-        let w = random(QuantKind::Q4_1, 4, 64, 3);
-        let p = w.permute_rows(|i| 3 - i);
-        let (a, b) = (w.dequantize(), p.dequantize());
-        assert_eq!(&a[..64], &b[3 * 64..]);
-        assert_eq!(&a[64..128], &b[2 * 64..3 * 64]);
-        assert!(PackedMatrix::from_gguf(QuantKind::Q4_1, 2, 48, &[0; 60]).is_err());
-        assert!(PackedMatrix::from_gguf(QuantKind::Q8_0, 2, 64, &[0; 135]).is_err());
-        assert!(PackedMatrix::from_gguf(QuantKind::Q8_0, 2, 64, &[0; 136]).is_ok());
+    fn parts_must_make_whole_blocks() {
+        assert!(
+            PackedMatrix::from_parts(QuantKind::Q8_0, [2, 64], vec![0; 128], vec![0.0; 4], vec![])
+                .is_ok()
+        );
+        assert!(
+            PackedMatrix::from_parts(QuantKind::Q8_0, [2, 64], vec![0; 127], vec![0.0; 4], vec![])
+                .is_err()
+        );
+        assert!(
+            PackedMatrix::from_parts(
+                QuantKind::Q4_1,
+                [2, 48],
+                vec![0; 48],
+                vec![0.0; 3],
+                vec![0.0; 3]
+            )
+            .is_err()
+        );
+        assert!(
+            PackedMatrix::from_parts(QuantKind::Q4_1, [2, 64], vec![0; 64], vec![0.0; 4], vec![])
+                .is_err()
+        );
     }
 }

@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::{ChatRequest, ChatResponse};
 
@@ -31,9 +30,7 @@ impl ResponseCache {
 
     /// The default location: `$SWITCHYARD_HOME/cache/responses`.
     pub fn default_dir() -> PathBuf {
-        crate::weights::resolve::home_dir()
-            .join("cache")
-            .join("responses")
+        crate::util::home_dir().join("cache").join("responses")
     }
 
     pub fn dir(&self) -> &Path {
@@ -43,9 +40,7 @@ impl ResponseCache {
     pub fn key(identity: &serde_json::Value, req: &ChatRequest, repeat: u32) -> String {
         let material =
             serde_json::json!({ "v": 1, "target": identity, "request": req, "repeat": repeat });
-        let mut h = Sha256::new();
-        h.update(material.to_string().as_bytes());
-        format!("{:x}", h.finalize())
+        crate::util::sha256_hex(material.to_string().as_bytes())
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -91,6 +86,7 @@ mod tests {
             top_p: 1.0,
             seed: None,
             stop: vec![],
+            raw: false,
         };
         let k = ResponseCache::key(&id, &req, 0);
         assert_eq!(k, ResponseCache::key(&id, &req, 0));

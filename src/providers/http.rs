@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::presets::{Preset, Routing};
-use super::{BoxFuture, ChatRequest, ChatResponse, Provider, ProviderError};
+use super::{BoxFuture, ChatRequest, ChatResponse, Deltas, Provider, ProviderError};
 
 /// A configured OpenAI-compatible endpoint.
 pub struct HttpProvider {
@@ -150,17 +150,19 @@ impl HttpProvider {
         }
     }
 
-    async fn send(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
-        self.send_streaming(req, None).await
-    }
-
     /// Send a request; with `deltas`, each piece of text is passed on as it arrives (the gateway
     /// streams a target's answer through).
-    pub async fn send_streaming(
+    async fn send(
         &self,
         req: &ChatRequest,
-        deltas: Option<&tokio::sync::mpsc::UnboundedSender<String>>,
+        deltas: Option<&Deltas>,
     ) -> Result<ChatResponse, ProviderError> {
+        if req.raw {
+            return Err(ProviderError::Config(format!(
+                "`{}` answers chat requests; raw text prompts go to the local model only",
+                self.preset.name
+            )));
+        }
         let started = Instant::now();
         let mut rb = self
             .client
@@ -179,11 +181,11 @@ impl HttpProvider {
             let retry_after_s = retry_after(resp.headers());
             let body = resp.text().await.unwrap_or_default();
             let body: String = self.redact(&body).chars().take(500).collect();
-            return Err(ProviderError::Status {
-                status: status.as_u16(),
+            return Err(ProviderError::from_status(
+                status.as_u16(),
                 body,
                 retry_after_s,
-            });
+            ));
         }
         let streamed = resp
             .headers()
@@ -210,7 +212,7 @@ impl HttpProvider {
         &self,
         resp: reqwest::Response,
         started: Instant,
-        deltas: Option<&tokio::sync::mpsc::UnboundedSender<String>>,
+        deltas: Option<&Deltas>,
     ) -> Result<ChatResponse, ProviderError> {
         let mut out = ChatResponse {
             text: String::new(),
@@ -246,18 +248,12 @@ impl HttpProvider {
                     ))
                 })?;
                 if let Some(err) = v.get("error") {
-                    return Err(ProviderError::Status {
-                        status: err.get("code").and_then(Value::as_u64).unwrap_or(500) as u16,
-                        body: self.redact(&err.to_string()),
-                        retry_after_s: None,
-                    });
+                    return Err(error_event(err, &self.redact(&err.to_string())));
                 }
                 let before = out.text.len();
                 self.take_chunk(&v, &mut out, started);
-                if let Some(tx) = deltas
-                    && out.text.len() > before
-                {
-                    let _ = tx.send(out.text[before..].to_string());
+                if let Some(d) = deltas {
+                    d.send(&out.text[before..]);
                 }
             }
         }
@@ -341,11 +337,7 @@ fn retry_after(h: &reqwest::header::HeaderMap) -> Option<f64> {
 pub fn parse_completion(v: &Value) -> Result<ChatResponse, ProviderError> {
     let bad = |m: &str| ProviderError::Protocol(format!("{m} in {}", clip(&v.to_string())));
     if let Some(err) = v.get("error") {
-        return Err(ProviderError::Status {
-            status: err.get("code").and_then(Value::as_u64).unwrap_or(500) as u16,
-            body: clip(&err.to_string()),
-            retry_after_s: None,
-        });
+        return Err(error_event(err, &clip(&err.to_string())));
     }
     let choice = v
         .get("choices")
@@ -373,6 +365,13 @@ pub fn parse_completion(v: &Value) -> Result<ChatResponse, ProviderError> {
     })
 }
 
+/// An `{"error": {...}}` object in a response or a stream: its numeric `code` is an HTTP status
+/// (500 when it has none).
+fn error_event(err: &Value, body: &str) -> ProviderError {
+    let status = err.get("code").and_then(Value::as_u64).unwrap_or(500) as u16;
+    ProviderError::from_status(status, body.to_string(), None)
+}
+
 fn clip(s: &str) -> String {
     s.chars().take(300).collect()
 }
@@ -381,8 +380,9 @@ impl Provider for HttpProvider {
     fn chat<'a>(
         &'a self,
         req: &'a ChatRequest,
+        deltas: Option<&'a Deltas>,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
-        Box::pin(self.send(req))
+        Box::pin(self.send(req, deltas))
     }
 
     fn identity(&self) -> Value {
@@ -428,6 +428,7 @@ mod tests {
             top_p: 1.0,
             seed: Some(3),
             stop: vec![],
+            raw: false,
         }
     }
 

@@ -10,16 +10,14 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::{BoxFuture, ChatRequest, ChatResponse, Provider, ProviderError};
+use super::{BoxFuture, ChatRequest, ChatResponse, Deltas, Provider, ProviderError};
 use crate::generate::sampling::SamplingParams;
-use crate::generate::{Engine, FinishReason, GenerateOptions};
+use crate::generate::{Engine, FinishReason, GenerateError, GenerateOptions};
 
 struct Job {
     req: ChatRequest,
-    /// The single message's content is the whole prompt: no chat template (`/v1/completions`).
-    raw: bool,
     /// Text as it is settled, for streaming responses.
-    stream: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    stream: Option<Deltas>,
     sent: Instant,
     reply: oneshot::Sender<Result<ChatResponse, ProviderError>>,
 }
@@ -33,7 +31,7 @@ impl LocalProvider {
     /// Start the worker: `load` runs on it (the model lives and dies there) and returns the model
     /// with its cache identity. Returns once the model is loaded, or with the loading error.
     pub fn spawn(
-        load: impl FnOnce() -> Result<(Engine, Value), String> + Send + 'static,
+        load: impl FnOnce() -> Result<(Engine, Value), ProviderError> + Send + 'static,
         batch: usize,
     ) -> Result<Self, ProviderError> {
         let (tx, rx) = mpsc::channel::<Job>();
@@ -52,8 +50,7 @@ impl LocalProvider {
             .map_err(|e| ProviderError::Local(e.to_string()))?;
         let identity = ready_rx
             .recv()
-            .map_err(|_| ProviderError::Local("the model's worker died while loading".into()))?
-            .map_err(ProviderError::Local)?;
+            .map_err(|_| ProviderError::Local("the model's worker died while loading".into()))??;
         Ok(Self { tx, identity })
     }
 }
@@ -106,7 +103,7 @@ fn run_batch(engine: &Engine, jobs: Vec<Job>) {
     let mut ids = Vec::with_capacity(jobs.len());
     let mut ok_jobs = Vec::with_capacity(jobs.len());
     for job in jobs {
-        let encoded = if job.raw {
+        let encoded = if job.req.raw {
             let text = job.req.messages.first().map_or("", |m| m.content.as_str());
             engine.tokenizer.encode(text, false)
         } else {
@@ -148,10 +145,8 @@ fn run_batch(engine: &Engine, jobs: Vec<Job>) {
             if !text.is_empty() && first_text[row].is_none() {
                 first_text[row] = Some(Instant::now());
             }
-            if let Some(tx) = &streams[row]
-                && !text.is_empty()
-            {
-                let _ = tx.send(text.to_string());
+            if let Some(d) = &streams[row] {
+                d.send(text);
             }
         })
     }));
@@ -180,8 +175,14 @@ fn run_batch(engine: &Engine, jobs: Vec<Job>) {
             }
         }
         Ok(Err(e)) => {
+            let err = match e {
+                GenerateError::ContextLength { .. } => ProviderError::ContextLength {
+                    detail: e.to_string(),
+                },
+                e => ProviderError::Local(e.to_string()),
+            };
             for job in ok_jobs {
-                let _ = job.reply.send(Err(ProviderError::Local(e.to_string())));
+                let _ = job.reply.send(Err(err.clone()));
             }
         }
         Err(_) => {
@@ -195,20 +196,18 @@ fn run_batch(engine: &Engine, jobs: Vec<Job>) {
 }
 
 impl LocalProvider {
-    /// Generate for a request: `raw` skips the chat template (the first message is the prompt);
-    /// `stream` receives the text as it settles.
+    /// Generate for a request (`req.raw` skips the chat template: the first message is the
+    /// prompt); `stream` receives the text as it settles.
     pub async fn generate(
         &self,
         req: &ChatRequest,
-        raw: bool,
-        stream: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+        stream: Option<Deltas>,
     ) -> Result<ChatResponse, ProviderError> {
         let (reply, rx) = oneshot::channel();
         let stopped = || ProviderError::Local("the model's worker has stopped".into());
         self.tx
             .send(Job {
                 req: req.clone(),
-                raw,
                 stream,
                 sent: Instant::now(),
                 reply,
@@ -222,8 +221,9 @@ impl Provider for LocalProvider {
     fn chat<'a>(
         &'a self,
         req: &'a ChatRequest,
+        deltas: Option<&'a Deltas>,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
-        Box::pin(self.generate(req, false, None))
+        Box::pin(self.generate(req, deltas.cloned()))
     }
 
     fn identity(&self) -> Value {

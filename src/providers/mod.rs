@@ -3,9 +3,13 @@
 //! [`presets`]). Around them: retries with backoff that honour `Retry-After` ([`retry`]), rate
 //! limits ([`limits`]) and a response cache ([`cache`]).
 //!
-//! A **target** ([`TargetSpec`]) is a provider + model + settings: one column of a comparison.
+//! A **target** ([`TargetSpec`], built into a [`Target`]) is a provider + model + settings: one
+//! column of a comparison. [`Target::ask`] is the one door to it: a slot of its concurrency, its
+//! rate limits, its retries, and streaming when asked; the eval runner and the gateway both go
+//! through it.
 
 pub mod cache;
+#[cfg(feature = "test-support")]
 pub mod fault_server;
 pub mod http;
 pub mod limits;
@@ -16,12 +20,14 @@ pub mod target;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use crate::tokenize::Message;
-pub use target::{Target, TargetSpec};
+pub use target::{Target, TargetSpec, TargetsFile};
 
 /// What a suite asks of a provider for one case.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +40,10 @@ pub struct ChatRequest {
     pub seed: Option<u64>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub stop: Vec<String>,
+    /// The single message's content is the whole prompt, sent without a chat template (text
+    /// completions; the local model only).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub raw: bool,
 }
 
 /// A provider's answer, with what it cost in tokens and time.
@@ -66,11 +76,31 @@ impl ChatResponse {
     }
 }
 
+/// Why a provider gave no answer.
 #[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize, PartialEq)]
 pub enum ProviderError {
-    /// A non-success HTTP status.
+    /// The prompt does not fit the model's context.
+    #[error("context length: {detail}")]
+    ContextLength { detail: String },
+    /// HTTP 429.
+    #[error("HTTP 429: {body}")]
+    RateLimited {
+        body: String,
+        retry_after_s: Option<f64>,
+    },
+    /// HTTP 401 or 403: a missing or refused key.
     #[error("HTTP {status}: {body}")]
-    Status {
+    Auth { status: u16, body: String },
+    /// A server error (HTTP 5xx, or an error event in a stream).
+    #[error("HTTP {status}: {body}")]
+    Server {
+        status: u16,
+        body: String,
+        retry_after_s: Option<f64>,
+    },
+    /// Any other HTTP status (the request itself was refused).
+    #[error("HTTP {status}: {body}")]
+    Client {
         status: u16,
         body: String,
         retry_after_s: Option<f64>,
@@ -93,38 +123,134 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// The error an HTTP status stands for; `body` is what the server said (its OpenAI-style
+    /// `error.code` of `context_length_exceeded` marks a prompt that does not fit).
+    pub fn from_status(status: u16, body: String, retry_after_s: Option<f64>) -> Self {
+        let code = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                v.pointer("/error/code")
+                    .and_then(|c| c.as_str())
+                    .map(str::to_string)
+            });
+        match status {
+            400 | 413 if code.as_deref() == Some("context_length_exceeded") => {
+                ProviderError::ContextLength { detail: body }
+            }
+            429 => ProviderError::RateLimited {
+                body,
+                retry_after_s,
+            },
+            401 | 403 => ProviderError::Auth { status, body },
+            500.. => ProviderError::Server {
+                status,
+                body,
+                retry_after_s,
+            },
+            _ => ProviderError::Client {
+                status,
+                body,
+                retry_after_s,
+            },
+        }
+    }
+
     /// Worth trying again: rate limits, server errors, timeouts, broken connections and garbled
-    /// responses; not client errors (400, 401, 403, 404, 422) or configuration.
+    /// responses; not refused requests (400, 401, 403, 404, 422), prompts too long, or
+    /// configuration.
     pub fn retryable(&self) -> bool {
         match self {
-            ProviderError::Status { status, .. } => {
-                matches!(status, 408 | 409 | 425 | 429) || *status >= 500
-            }
-            ProviderError::Timeout(_) | ProviderError::Network(_) | ProviderError::Protocol(_) => {
-                true
-            }
-            ProviderError::Config(_) | ProviderError::Local(_) => false,
+            ProviderError::RateLimited { .. }
+            | ProviderError::Server { .. }
+            | ProviderError::Timeout(_)
+            | ProviderError::Network(_)
+            | ProviderError::Protocol(_) => true,
+            ProviderError::Client { status, .. } => matches!(status, 408 | 409 | 425),
+            ProviderError::ContextLength { .. }
+            | ProviderError::Auth { .. }
+            | ProviderError::Config(_)
+            | ProviderError::Local(_) => false,
         }
     }
 
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            ProviderError::Status {
+            ProviderError::RateLimited {
+                retry_after_s: Some(s),
+                ..
+            }
+            | ProviderError::Server {
+                retry_after_s: Some(s),
+                ..
+            }
+            | ProviderError::Client {
                 retry_after_s: Some(s),
                 ..
             } => Some(Duration::from_secs_f64(s.max(0.0))),
             _ => None,
         }
     }
+
+    /// The HTTP status this error carries, if it came from one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ProviderError::RateLimited { .. } => Some(429),
+            ProviderError::Auth { status, .. }
+            | ProviderError::Server { status, .. }
+            | ProviderError::Client { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Where a streamed answer's text goes as it arrives. Remembers whether anything was sent: a
+/// request whose text has started cannot be retried without the client seeing it twice.
+#[derive(Debug, Clone)]
+pub struct Deltas {
+    tx: tokio::sync::mpsc::UnboundedSender<String>,
+    started: Arc<AtomicBool>,
+}
+
+impl Deltas {
+    pub fn new(tx: tokio::sync::mpsc::UnboundedSender<String>) -> Self {
+        Self {
+            tx,
+            started: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Pass on a piece of text (empty pieces are dropped).
+    pub fn send(&self, text: &str) {
+        if !text.is_empty() {
+            self.started.store(true, Ordering::SeqCst);
+            let _ = self.tx.send(text.to_string());
+        }
+    }
+
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::SeqCst)
+    }
+}
+
+/// What asking a target came to.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub result: Result<ChatResponse, ProviderError>,
+    /// Requests sent (1 + retries; 0 when answered from a cache).
+    pub attempts: u32,
+    /// Seconds spent waiting: backoff and rate limits.
+    pub waited_s: f64,
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Anything that answers a chat request.
+/// Anything that answers a chat request; with `deltas`, the text is passed on as it is
+/// generated.
 pub trait Provider: Send + Sync {
     fn chat<'a>(
         &'a self,
         req: &'a ChatRequest,
+        deltas: Option<&'a Deltas>,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>>;
 
     /// What identifies this provider's answers in the response cache: endpoint, model and every

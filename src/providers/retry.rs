@@ -7,7 +7,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::limits::RateLimiter;
-use super::{ChatRequest, ChatResponse, Provider, ProviderError};
+use super::{ChatRequest, Deltas, Outcome, Provider};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RetryPolicy {
@@ -43,28 +43,20 @@ impl RetryPolicy {
     }
 }
 
-/// What one request took to get answered.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub result: Result<ChatResponse, ProviderError>,
-    /// Requests sent (1 + retries).
-    pub attempts: u32,
-    /// Seconds spent waiting: backoff and rate limits.
-    pub waited_s: f64,
-}
-
 /// A rough token count for rate limiting before the provider says (4 characters a token).
 pub fn estimate_tokens(req: &ChatRequest) -> f64 {
     let chars: usize = req.messages.iter().map(|m| m.content.len() + 8).sum();
     chars as f64 / 4.0 + req.max_tokens as f64
 }
 
-/// Send `req` with rate limiting and retries.
+/// Send `req` with rate limiting and retries. A streamed request is retried only while none of
+/// its text has been passed on.
 pub async fn send(
     provider: &dyn Provider,
     req: &ChatRequest,
     limiter: &RateLimiter,
     policy: &RetryPolicy,
+    deltas: Option<&Deltas>,
 ) -> Outcome {
     let estimate = estimate_tokens(req);
     let mut waited = 0.0;
@@ -74,7 +66,7 @@ pub async fn send(
         limiter.acquire(estimate).await;
         waited += t.elapsed().as_secs_f64();
         attempts += 1;
-        let result = provider.chat(req).await;
+        let result = provider.chat(req, deltas).await;
         if let Ok(r) = &result {
             let used = (r.prompt_tokens.unwrap_or(0) + r.completion_tokens.unwrap_or(0)) as f64;
             if used > 0.0 {
@@ -82,7 +74,11 @@ pub async fn send(
             }
         }
         match result {
-            Err(e) if e.retryable() && attempts <= policy.max_retries => {
+            Err(e)
+                if e.retryable()
+                    && attempts <= policy.max_retries
+                    && !deltas.is_some_and(Deltas::started) =>
+            {
                 let pause = policy.backoff(attempts, e.retry_after());
                 tracing::debug!("attempt {attempts} failed ({e}); retrying in {pause:.2?}");
                 waited += pause.as_secs_f64();

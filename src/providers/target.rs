@@ -8,16 +8,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use super::http::{HttpProvider, HttpSettings};
 use super::limits::RateLimiter;
 use super::local::LocalProvider;
-use super::presets;
-use super::retry::RetryPolicy;
-use super::{ChatResponse, Provider, ProviderError};
-use crate::runtime::DeviceKind;
+use super::retry::{self, RetryPolicy};
+use super::{ChatRequest, ChatResponse, Deltas, Outcome, Provider, ProviderError, presets};
+use crate::generate::Engine;
+use crate::load::{self, DeviceKind};
 
 fn yes() -> bool {
     true
@@ -168,43 +167,39 @@ impl TargetSpec {
     }
 }
 
-/// A target ready to call.
+/// A target ready to call: its provider behind its concurrency limit, rate limits and retry
+/// policy, reached through [`Target::ask`].
 pub struct Target {
     pub spec: TargetSpec,
-    pub provider: Arc<dyn Provider>,
-    /// The same provider when it is the local model (raw prompts and streaming for `serve`).
-    pub local: Option<Arc<LocalProvider>>,
-    /// The same provider when it is an HTTP endpoint (streaming through the gateway).
-    pub http: Option<Arc<HttpProvider>>,
-    pub limiter: RateLimiter,
-    pub slots: Arc<Semaphore>,
-    pub concurrency: usize,
-    pub retry: RetryPolicy,
-}
-
-fn sha256_file(path: &Path) -> Result<String, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(format!("{:x}", Sha256::digest(&bytes)))
+    provider: Arc<dyn Provider>,
+    limiter: RateLimiter,
+    slots: Semaphore,
+    concurrency: usize,
+    retry: RetryPolicy,
 }
 
 /// Header values may name environment variables as `${NAME}`, so that secrets stay out of files.
-fn expand_headers(h: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, String> {
+fn expand_headers(
+    target: &str,
+    h: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, ProviderError> {
+    let err = |m: String| ProviderError::Config(format!("target `{target}`: {m}"));
     h.iter()
         .map(|(k, v)| {
             if v == "[not recorded]" {
-                return Err(format!(
+                return Err(err(format!(
                     "header `{k}` was not recorded in the run (its value was literal): give it as \"${{VAR}}\" in the targets file"
-                ));
+                )));
             }
             let mut out = String::new();
             let mut rest = v.as_str();
             while let Some(start) = rest.find("${") {
                 let end = rest[start..]
                     .find('}')
-                    .ok_or_else(|| format!("header `{k}`: unclosed `${{`"))?;
+                    .ok_or_else(|| err(format!("header `{k}`: unclosed `${{`")))?;
                 let name = &rest[start + 2..start + end];
                 let value = std::env::var(name)
-                    .map_err(|_| format!("header `{k}` needs the environment variable {name}"))?;
+                    .map_err(|_| err(format!("header `{k}` needs the environment variable {name}")))?;
                 out.push_str(&rest[..start]);
                 out.push_str(&value);
                 rest = &rest[start + end + 1..];
@@ -218,10 +213,7 @@ fn expand_headers(h: &BTreeMap<String, String>) -> Result<BTreeMap<String, Strin
 impl Target {
     pub fn build(spec: TargetSpec) -> Result<Self, ProviderError> {
         let err = |m: String| ProviderError::Config(format!("target `{}`: {m}", spec.name));
-        let mut local = None;
-        let mut http = None;
         let (provider, concurrency): (Arc<dyn Provider>, usize) = if spec.provider == "local" {
-            let batch = spec.batch_size.unwrap_or(8);
             for (set, key) in [
                 (spec.base_url.is_some(), "base_url"),
                 (spec.api_key_env.is_some(), "api_key_env"),
@@ -231,46 +223,9 @@ impl Target {
                     return Err(err(format!("`{key}` has no meaning for a local target")));
                 }
             }
-            let quantized = spec.quantized;
-            let (model, adapter, device, threads) = (
-                spec.model.clone(),
-                spec.adapter.clone(),
-                spec.device.unwrap_or_default(),
-                spec.threads,
-            );
-            let p = LocalProvider::spawn(
-                move || {
-                    crate::runtime::set_threads(threads);
-                    let dev = device.device()?;
-                    let files = crate::weights::resolve::open(model.as_deref())
-                        .map_err(|e| e.to_string())?;
-                    let origin = files.path.display().to_string();
-                    let adapter_sha = match &adapter {
-                        Some(d) => Some(sha256_file(&d.join("adapter_model.safetensors"))?),
-                        None => None,
-                    };
-                    let mut files = match &adapter {
-                        Some(d) => files.with_adapter(d).map_err(|e| e.to_string())?,
-                        None => files,
-                    };
-                    files.quantized_decode = quantized;
-                    let engine = crate::runtime::engine_from_files(files, &dev)
-                        .map_err(|e| e.to_string())?;
-                    let mut identity = serde_json::json!({
-                        "kind": "local", "model": origin, "adapter_sha256": adapter_sha,
-                    });
-                    // Only when set, so that f32 targets keep their cached answers.
-                    if quantized {
-                        identity["quantized"] = true.into();
-                    }
-                    Ok((engine, identity))
-                },
-                batch,
-            )
-            .map_err(|e| err(e.to_string()))?;
-            let p = Arc::new(p);
-            local = Some(p.clone());
-            (p, spec.concurrency.unwrap_or(batch))
+            let batch = spec.batch_size.unwrap_or(8);
+            let p = spawn_local(&spec, batch).map_err(|e| err(e.to_string()))?;
+            (Arc::new(p), spec.concurrency.unwrap_or(batch))
         } else {
             let preset = presets::find(&spec.provider).ok_or_else(|| {
                 err(format!(
@@ -295,7 +250,7 @@ impl Target {
                         .api_key_env
                         .clone()
                         .unwrap_or_else(|| preset.api_key_env.to_string()),
-                    headers: expand_headers(&spec.headers).map_err(err)?,
+                    headers: expand_headers(&spec.name, &spec.headers)?,
                     body: spec.body.clone(),
                     routing: spec.routing.clone(),
                     stream: spec.stream,
@@ -303,24 +258,62 @@ impl Target {
                 },
             )
             .map_err(|e| err(e.to_string()))?;
-            let p = Arc::new(p);
-            http = Some(p.clone());
-            (p, spec.concurrency.unwrap_or(8))
+            (Arc::new(p), spec.concurrency.unwrap_or(8))
         };
         let concurrency = concurrency.max(1);
         Ok(Self {
             limiter: RateLimiter::new(spec.rpm, spec.tpm),
-            slots: Arc::new(Semaphore::new(concurrency)),
+            slots: Semaphore::new(concurrency),
             concurrency,
             retry: RetryPolicy {
                 max_retries: spec.max_retries,
                 ..Default::default()
             },
             provider,
-            local,
-            http,
             spec,
         })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Requests in flight at once.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    /// What identifies this target's answers in a response cache (never a secret).
+    pub fn identity(&self) -> Value {
+        self.provider.identity()
+    }
+
+    /// The one door to the target: wait for a slot of its concurrency, then send with its rate
+    /// limits and retries.
+    pub async fn ask(&self, req: &ChatRequest) -> Outcome {
+        self.ask_with(req, None).await
+    }
+
+    /// [`Self::ask`], passing the answer's text to `deltas` as it arrives (retried only until the
+    /// first text has gone out).
+    pub async fn ask_streaming(&self, req: &ChatRequest, deltas: &Deltas) -> Outcome {
+        self.ask_with(req, Some(deltas)).await
+    }
+
+    async fn ask_with(&self, req: &ChatRequest, deltas: Option<&Deltas>) -> Outcome {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("the semaphore stays open");
+        retry::send(
+            self.provider.as_ref(),
+            req,
+            &self.limiter,
+            &self.retry,
+            deltas,
+        )
+        .await
     }
 
     /// USD for one answered request, if the target has prices.
@@ -345,4 +338,46 @@ impl Target {
         }
         Some(usd)
     }
+}
+
+/// The local model on its worker thread: loaded there from the spec's model, adapter and device.
+fn spawn_local(spec: &TargetSpec, batch: usize) -> Result<LocalProvider, ProviderError> {
+    let quantized = spec.quantized;
+    let (model, adapter, device, threads) = (
+        spec.model.clone(),
+        spec.adapter.clone(),
+        spec.device.unwrap_or_default(),
+        spec.threads,
+    );
+    let fail = |e: &dyn std::fmt::Display| ProviderError::Local(e.to_string());
+    LocalProvider::spawn(
+        move || {
+            load::set_threads(threads);
+            let dev = device.device().map_err(|e| fail(&e))?;
+            let files = load::open(model.as_deref()).map_err(|e| fail(&e))?;
+            let origin = files.path.display().to_string();
+            let adapter_sha = match &adapter {
+                Some(d) => Some(
+                    crate::util::sha256_file(&d.join(crate::formats::adapter::WEIGHTS_FILE))
+                        .map_err(|e| fail(&e))?,
+                ),
+                None => None,
+            };
+            let mut files = match &adapter {
+                Some(d) => files.with_adapter(d).map_err(|e| fail(&e))?,
+                None => files,
+            };
+            files.quantized_decode = quantized;
+            let engine = Engine::load(files, &dev).map_err(|e| fail(&e))?;
+            let mut identity = serde_json::json!({
+                "kind": "local", "model": origin, "adapter_sha256": adapter_sha,
+            });
+            // Only when set, so that f32 targets keep their cached answers.
+            if quantized {
+                identity["quantized"] = true.into();
+            }
+            Ok((engine, identity))
+        },
+        batch,
+    )
 }

@@ -17,6 +17,8 @@ use crate::route::Policy;
 pub enum ReportError {
     #[error("{path}: {detail}")]
     File { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Write(#[from] crate::util::FileError),
     #[error("plot: {0}")]
     Plot(String),
 }
@@ -333,6 +335,19 @@ pub struct Report {
     pub markdown: String,
     pub html: String,
     pub plots: Vec<(String, String)>,
+}
+
+/// Read a run folder and write its report: `report.md` (with `report/*.svg`) and a
+/// self-contained `report.html`. Returns the two files.
+pub fn write(dir: &Path) -> Result<(PathBuf, PathBuf), ReportError> {
+    let r = build(&RunOutputs::read(dir)?)?;
+    for (file, svg) in &r.plots {
+        crate::util::write_atomic(&dir.join("report").join(file), svg.as_bytes())?;
+    }
+    let (html, md) = (dir.join("report.html"), dir.join("report.md"));
+    crate::util::write_atomic(&md, r.markdown.as_bytes())?;
+    crate::util::write_atomic(&html, r.html.as_bytes())?;
+    Ok((html, md))
 }
 
 pub fn build(o: &RunOutputs) -> Result<Report, ReportError> {

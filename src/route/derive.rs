@@ -9,24 +9,138 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::economics::EconomicsInput;
 use super::{Constraints, Evidence, Objective, Policy, Prediction, Route, RouteError};
 use crate::eval::results::{self, ResultRow, SummaryRow};
 use crate::eval::stats::Paired;
-use crate::providers::TargetSpec;
+use crate::providers::{TargetSpec, TargetsFile};
 
+/// How a policy is derived: the `[route]` table of a pipeline, and `route derive`'s flags.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DeriveOptions {
+    #[serde(default)]
     pub objective: Objective,
-    pub constraints: Constraints,
+    /// A cheaper (or faster) target wins only if its paired difference to the best has a 95%
+    /// interval above −margin (score units: 0.02 = 2 points).
+    #[serde(default = "d_margin")]
     pub margin: f64,
-    pub max_fallbacks: usize,
+    /// Minimum mean score (0–1).
+    #[serde(default)]
+    pub min_score: Option<f64>,
+    /// Maximum p95 latency in seconds.
+    #[serde(default)]
+    pub max_p95_latency: Option<f64>,
+    /// Maximum cost per 1,000 requests in USD.
+    #[serde(default)]
+    pub max_cost_per_1k: Option<f64>,
+    /// Maximum share of failed requests (0–1).
+    #[serde(default)]
+    pub max_error_rate: Option<f64>,
     /// Tasks with fewer cases than this get no route of their own (their cases follow their
     /// suite's broader tag): choosing among targets on a handful of cases fits noise.
+    #[serde(default = "d_min_cases")]
     pub min_cases: usize,
-    /// Only these tasks (default: every tag in the results).
-    pub tasks: Option<Vec<String>>,
-    pub economics: Option<super::economics::EconomicsInput>,
+    /// Fallbacks per route.
+    #[serde(default = "d_fallbacks")]
+    pub fallbacks: usize,
+    /// Only these tasks (empty: every tag in the results).
+    #[serde(default)]
+    pub tasks: Vec<String>,
+    /// Self-hosting economics: the machine's price per hour in USD (e.g. a GPU instance).
+    #[serde(default)]
+    pub machine_price_per_hour: Option<f64>,
+    /// Its throughput in tokens/s (default: what the local targets measured in the eval).
+    #[serde(default)]
+    pub machine_tokens_per_s: Option<f64>,
+    /// A name for the machine in the report.
+    #[serde(default = "d_machine")]
+    pub machine: String,
+    /// Priced targets to compare self-hosting with even if they were not evaluated (default:
+    /// [`DEFAULT_TARGETS_FILE`] when it exists).
+    #[serde(default)]
+    pub targets_file: Option<PathBuf>,
+}
+
+pub const DEFAULT_MARGIN: f64 = 0.02;
+pub const DEFAULT_MIN_CASES: usize = 30;
+pub const DEFAULT_FALLBACKS: usize = 2;
+pub const DEFAULT_MACHINE: &str = "the eval's machine";
+/// The targets file read for prices when none is given, relative to the working directory.
+pub const DEFAULT_TARGETS_FILE: &str = "evals/targets.toml";
+
+fn d_margin() -> f64 {
+    DEFAULT_MARGIN
+}
+fn d_min_cases() -> usize {
+    DEFAULT_MIN_CASES
+}
+fn d_fallbacks() -> usize {
+    DEFAULT_FALLBACKS
+}
+fn d_machine() -> String {
+    DEFAULT_MACHINE.into()
+}
+
+impl Default for DeriveOptions {
+    fn default() -> Self {
+        Self {
+            objective: Objective::default(),
+            margin: DEFAULT_MARGIN,
+            min_score: None,
+            max_p95_latency: None,
+            max_cost_per_1k: None,
+            max_error_rate: None,
+            min_cases: DEFAULT_MIN_CASES,
+            fallbacks: DEFAULT_FALLBACKS,
+            tasks: Vec::new(),
+            machine_price_per_hour: None,
+            machine_tokens_per_s: None,
+            machine: DEFAULT_MACHINE.into(),
+            targets_file: None,
+        }
+    }
+}
+
+impl DeriveOptions {
+    /// The limits every route must respect.
+    pub fn constraints(&self) -> Constraints {
+        Constraints {
+            min_score: self.min_score,
+            max_p95_latency_s: self.max_p95_latency,
+            max_cost_per_1k_requests_usd: self.max_cost_per_1k,
+            max_error_rate: self.max_error_rate,
+        }
+    }
+
+    /// The self-hosting question, when a machine price is given: the machine, and the price list
+    /// of the targets file.
+    fn economics(&self) -> Result<Option<EconomicsInput>, RouteError> {
+        let Some(price_per_hour) = self.machine_price_per_hour else {
+            return Ok(None);
+        };
+        let default = Path::new(DEFAULT_TARGETS_FILE);
+        let file = self
+            .targets_file
+            .as_deref()
+            .or(default.exists().then_some(default));
+        let price_list = match file {
+            Some(f) => TargetsFile::load(f)?
+                .into_iter()
+                .filter_map(|t| Some((t.name, t.price_in?, t.price_out?)))
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(Some(EconomicsInput {
+            price_per_hour,
+            tokens_per_s: self.machine_tokens_per_s,
+            machine: self.machine.clone(),
+            price_list,
+        }))
+    }
 }
 
 /// A run folder's rows and target settings.
@@ -54,11 +168,9 @@ pub fn read_run(folder: &Path) -> Result<RunData, RouteError> {
             "not found: give an eval run folder (runs/eval/...)".into(),
         ));
     }
-    let (rows, _) = results::read_rows(&rpath).map_err(|e| err(&rpath, e.to_string()))?;
+    let (rows, _) = results::read_rows(&rpath)?;
     let jpath = folder.join("run.json");
-    let run: Value = std::fs::read_to_string(&jpath)
-        .map_err(|e| err(&jpath, e.to_string()))
-        .and_then(|t| serde_json::from_str(&t).map_err(|e| err(&jpath, e.to_string())))?;
+    let run: Value = crate::util::read_json(&jpath)?;
     let mut targets = BTreeMap::new();
     for t in run["targets"].as_array().into_iter().flatten() {
         let spec: TargetSpec = serde_json::from_value(t["spec"].clone())
@@ -158,7 +270,7 @@ fn route_for(
             latency_p95_s: s.latency_p95_s,
             cost_per_1k_requests_usd: s.cost_per_1k_requests_usd,
             error_rate: s.error_rate,
-            excluded: exclusion(s, &o.constraints),
+            excluded: exclusion(s, &o.constraints()),
             vs_best: None,
             non_inferior: false,
             on_frontier: false,
@@ -221,7 +333,7 @@ fn route_for(
         .iter()
         .map(|e| e.target.clone())
         .filter(|t| *t != primary)
-        .take(o.max_fallbacks)
+        .take(o.fallbacks)
         .collect();
     let p = ev.iter().find(|e| e.target == primary);
     let reason = match (p, constraints_met) {
@@ -265,7 +377,7 @@ fn route_for(
 pub fn derive(runs: &[RunData], o: &DeriveOptions) -> Result<Policy, RouteError> {
     let mut rows: Vec<ResultRow> = runs.iter().flat_map(|r| r.rows.iter().cloned()).collect();
     if rows.is_empty() {
-        return Err(RouteError::Other("the runs have no results".into()));
+        return Err(RouteError::NoResults);
     }
     // The default route pools every suite's cases.
     let pooled: Vec<ResultRow> = rows
@@ -300,19 +412,14 @@ pub fn derive(runs: &[RunData], o: &DeriveOptions) -> Result<Policy, RouteError>
         } else {
             tag.clone()
         };
-        if let Some(only) = &o.tasks
-            && task != "default"
-            && !only.contains(&task)
-        {
+        if !o.tasks.is_empty() && task != "default" && !o.tasks.contains(&task) {
             continue;
         }
         if task != "default" && ss.iter().map(|s| s.cases).max().unwrap_or(0) < o.min_cases {
             continue;
         }
         if !seen.insert(task.clone()) {
-            return Err(RouteError::Other(format!(
-                "task `{task}` is a tag of more than one suite; give the suites distinct tags"
-            )));
+            return Err(RouteError::SharedTag(task));
         }
         routes.push(route_for(suite, tag, &task, ss, &cmp, o));
     }
@@ -328,17 +435,13 @@ pub fn derive(runs: &[RunData], o: &DeriveOptions) -> Result<Policy, RouteError>
         run_ids.insert(r.folder.display().to_string(), ids);
     }
     let economics = o
-        .economics
-        .as_ref()
-        .map(|e| super::economics::compute(&rows, &targets, e));
+        .economics()?
+        .map(|e| super::economics::compute(&rows, &targets, &e));
     Ok(Policy {
         version: 1,
-        created_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0),
+        created_at: crate::util::now_s(),
         objective: o.objective,
-        constraints: o.constraints.clone(),
+        constraints: o.constraints(),
         margin: o.margin,
         runs: run_ids,
         targets,

@@ -21,6 +21,18 @@ pub struct LocalEndpoint {
     pub api_key_env: Option<String>,
 }
 
+/// Where `switchyard serve` answers by default.
+pub const DEFAULT_SERVE_URL: &str = "http://127.0.0.1:8000/v1";
+
+impl Default for LocalEndpoint {
+    fn default() -> Self {
+        Self {
+            base_url: DEFAULT_SERVE_URL.into(),
+            api_key_env: None,
+        }
+    }
+}
+
 fn litellm_params(t: &TargetSpec, local: &LocalEndpoint) -> Result<Value, RouteError> {
     let (base, model, key_env) = if t.provider == "local" {
         (
@@ -29,11 +41,9 @@ fn litellm_params(t: &TargetSpec, local: &LocalEndpoint) -> Result<Value, RouteE
             local.api_key_env.clone(),
         )
     } else {
-        let preset = presets::find(&t.provider).ok_or_else(|| {
-            RouteError::Other(format!(
-                "target `{}`: unknown provider `{}`",
-                t.name, t.provider
-            ))
+        let preset = presets::find(&t.provider).ok_or_else(|| RouteError::UnknownProvider {
+            target: t.name.clone(),
+            provider: t.provider.clone(),
         })?;
         let mut model = t.model.clone().unwrap_or_default();
         if let (presets::Routing::ModelSuffix, Some(Value::String(r))) =
@@ -129,9 +139,8 @@ pub fn litellm_config(p: &Policy, local: &LocalEndpoint) -> Result<String, Route
          # group: a failure goes straight to the next group instead of being retried by every request.\n\
          # API keys are read from the environment (os.environ/NAME); set LITELLM_MASTER_KEY too.\n",
     );
-    yaml.push_str(
-        &serde_yaml_ng::to_string(&config).map_err(|e| RouteError::Other(e.to_string()))?,
-    );
+    // A tree of maps, strings and numbers: serialising it cannot fail.
+    yaml.push_str(&serde_yaml_ng::to_string(&config).expect("the config serialises"));
     Ok(yaml)
 }
 

@@ -25,20 +25,61 @@ pub enum RouteError {
         path: std::path::PathBuf,
         detail: String,
     },
-    #[error("{0}")]
-    Other(String),
+    #[error(transparent)]
+    Io(#[from] crate::util::FileError),
+    #[error(transparent)]
+    Eval(#[from] crate::eval::EvalError),
+    #[error(transparent)]
+    Targets(#[from] crate::providers::ProviderError),
+    #[error("the runs have no results")]
+    NoResults,
+    #[error("task `{0}` is a tag of more than one suite; give the suites distinct tags")]
+    SharedTag(String),
+    #[error("target `{target}`: unknown provider `{provider}`")]
+    UnknownProvider { target: String, provider: String },
 }
 
 /// What the policy optimises once quality is settled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Objective {
     /// The cheapest target whose quality is non-inferior to the best.
+    #[default]
     Cheapest,
     /// The fastest (p95 latency) target whose quality is non-inferior to the best.
     Fastest,
     /// The best mean score.
     Quality,
+}
+
+impl Objective {
+    pub const NAMES: [&'static str; 3] = ["cheapest", "fastest", "quality"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Objective::Cheapest => "cheapest",
+            Objective::Fastest => "fastest",
+            Objective::Quality => "quality",
+        }
+    }
+}
+
+impl std::fmt::Display for Objective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Objective {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::NAMES
+            .iter()
+            .zip([Objective::Cheapest, Objective::Fastest, Objective::Quality])
+            .find_map(|(n, o)| (*n == s).then_some(o))
+            .ok_or_else(|| format!("`{s}`: choose {}", Self::NAMES.join(", ")))
+    }
 }
 
 /// Limits every route must respect.
@@ -129,12 +170,21 @@ impl Policy {
             .or_else(|| self.routes.iter().find(|r| r.task == "default"))
     }
 
+    /// Write the policy (JSON) and its Markdown rendering beside it (`.md`); returns the latter.
+    pub fn save(&self, path: &Path) -> Result<std::path::PathBuf, RouteError> {
+        crate::util::write_json(path, self)?;
+        let md = path.with_extension("md");
+        crate::util::write_atomic(&md, self.markdown().as_bytes())?;
+        Ok(md)
+    }
+
     pub fn load(path: &Path) -> Result<Self, RouteError> {
         let err = |detail: String| RouteError::File {
             path: path.to_path_buf(),
             detail,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| crate::util::FileError::io(path, e))?;
         let p: Policy = serde_json::from_str(&text)
             .map_err(|e| err(format!("not a switchyard policy: {e}")))?;
         for r in &p.routes {

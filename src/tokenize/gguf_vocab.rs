@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::weights::gguf_model::GgufVocab;
+use crate::formats::gguf::hf::GgufVocab;
 
 use super::TokenizeError;
 

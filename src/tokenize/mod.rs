@@ -156,7 +156,7 @@ impl ModelTokenizer {
         };
         let mut eos = config_eos.to_vec();
         if let Some(gen_cfg) = read("generation_config.json", false)? {
-            eos.extend(crate::model::config::ids_of(gen_cfg.get("eos_token_id")));
+            eos.extend(crate::formats::hf::token_ids(gen_cfg.get("eos_token_id")));
         }
         Self::from_documents(json, config, template, &eos, &dir.join("tokenizer.json"))
     }

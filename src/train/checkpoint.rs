@@ -1,14 +1,21 @@
 //! Checkpoints: the adapter (PEFT layout), the optimiser moments and the loop's state, written to
 //! a temporary folder and renamed into place, so a killed run never leaves a half checkpoint.
+//! [`Checkpointer`] is what the loop holds: it saves the model's state and restores it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::weights::adapter::PeftAdapter;
-use crate::weights::hf_folder::{SafetensorsFolder, write_safetensors};
-use crate::weights::{HostTensor, WeightSource, WeightsError, write_atomic};
+use super::optim::Moments;
+use super::recipe::LoadedRecipe;
+use super::{TrainError, lora};
+use crate::formats::adapter::PeftAdapter;
+use crate::formats::shards::{SafetensorsFolder, write_safetensors};
+use crate::formats::{FormatError, HostTensor, TensorSource};
+use crate::model::CausalLm;
+use crate::util::{read_json, write_json};
 
 pub const STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -62,28 +69,26 @@ pub fn save(
     adapter: &PeftAdapter,
     moments: &BTreeMap<String, HostTensor>,
     keep: Option<usize>,
-) -> Result<PathBuf, WeightsError> {
+) -> Result<PathBuf, FormatError> {
     let root = checkpoints_dir(output);
-    std::fs::create_dir_all(&root).map_err(|e| WeightsError::io(&root, e))?;
+    std::fs::create_dir_all(&root).map_err(|e| FormatError::io(&root, e))?;
     let tmp = tempfile::Builder::new()
         .prefix(".partial-")
         .tempdir_in(&root)
-        .map_err(|e| WeightsError::io(&root, e))?;
+        .map_err(|e| FormatError::io(&root, e))?;
     adapter.write(tmp.path())?;
     write_safetensors(&tmp.path().join(OPTIMIZER_FILE), moments)?;
-    let text =
-        serde_json::to_string_pretty(state).map_err(|e| WeightsError::Other(e.to_string()))?;
-    write_atomic(&tmp.path().join(STATE_FILE), text.as_bytes())?;
+    write_json(&tmp.path().join(STATE_FILE), state)?;
     let dest = step_dir(output, state.step);
     if dest.exists() {
-        std::fs::remove_dir_all(&dest).map_err(|e| WeightsError::io(&dest, e))?;
+        std::fs::remove_dir_all(&dest).map_err(|e| FormatError::io(&dest, e))?;
     }
     let tmp_path = tmp.keep();
-    std::fs::rename(&tmp_path, &dest).map_err(|e| WeightsError::io(&dest, e))?;
+    std::fs::rename(&tmp_path, &dest).map_err(|e| FormatError::io(&dest, e))?;
     if let Some(keep) = keep {
         let all = list(output);
         for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
-            std::fs::remove_dir_all(old).map_err(|e| WeightsError::io(old, e))?;
+            std::fs::remove_dir_all(old).map_err(|e| FormatError::io(old, e))?;
         }
     }
     Ok(dest)
@@ -97,8 +102,8 @@ pub struct Loaded {
     pub path: PathBuf,
 }
 
-pub fn load(dir: &Path) -> Result<Loaded, WeightsError> {
-    let state: TrainerState = crate::weights::hf_folder::read_json(&dir.join(STATE_FILE))?;
+pub fn load(dir: &Path) -> Result<Loaded, FormatError> {
+    let state: TrainerState = read_json(&dir.join(STATE_FILE))?;
     let adapter = PeftAdapter::read(dir)?;
     let opt = SafetensorsFolder::open_file(&dir.join(OPTIMIZER_FILE))?;
     let mut moments = BTreeMap::new();
@@ -111,4 +116,69 @@ pub fn load(dir: &Path) -> Result<Loaded, WeightsError> {
         moments,
         path: dir.to_path_buf(),
     })
+}
+
+/// Saves and restores a run's trainable state: the adapters (named as PEFT names them), their
+/// AdamW moments, and the loop's counters.
+pub struct Checkpointer<'a> {
+    pub out: PathBuf,
+    /// The trainable tensors' names, in `lora::params` order.
+    pub names: Vec<String>,
+    pub keep: Option<usize>,
+    pub recipe: &'a LoadedRecipe,
+    /// The base model, as the adapter config records it.
+    pub base: &'a str,
+}
+
+impl Checkpointer<'_> {
+    pub fn save(
+        &self,
+        model: &CausalLm,
+        moments: &[Moments],
+        state: &TrainerState,
+    ) -> Result<PathBuf, TrainError> {
+        let mut host_m = BTreeMap::new();
+        for (name, m) in self.names.iter().zip(moments) {
+            host_m.insert(format!("{name}.exp_avg"), lora::host(m.m.clone()));
+            host_m.insert(format!("{name}.exp_avg_sq"), lora::host(m.v.clone()));
+        }
+        let adapter = lora::to_peft(model, self.recipe, self.base);
+        Ok(save(&self.out, state, &adapter, &host_m, self.keep)?)
+    }
+
+    /// Put the checkpoint in `dir` into `model` and `moments`; its state must carry
+    /// `fingerprint` (the same recipe, data and model).
+    pub fn restore(
+        &self,
+        dir: &Path,
+        fingerprint: &str,
+        model: &mut CausalLm,
+        moments: &mut [Moments],
+        device: &Device,
+    ) -> Result<TrainerState, TrainError> {
+        let ck = load(dir)?;
+        if ck.state.fingerprint != fingerprint {
+            return Err(TrainError::OtherRecipe {
+                dir: dir.to_path_buf(),
+            });
+        }
+        lora::load_weights(model, &ck.adapter, &device.clone().autodiff(), dir)?;
+        for (name, m) in self.names.iter().zip(moments.iter_mut()) {
+            let get = |suffix: &str| {
+                let key = format!("{name}.{suffix}");
+                ck.moments
+                    .get(&key)
+                    .map(|t| lora::upload(t, device))
+                    .ok_or_else(|| TrainError::Checkpoint {
+                        dir: dir.to_path_buf(),
+                        what: format!("optimiser state lacks `{key}`"),
+                    })
+            };
+            *m = Moments {
+                m: get("exp_avg")?,
+                v: get("exp_avg_sq")?,
+            };
+        }
+        Ok(ck.state)
+    }
 }

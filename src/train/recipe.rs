@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::data::DatasetSpec;
-use crate::runtime::DeviceKind;
-use crate::weights::adapter::TargetModules;
+use crate::formats::adapter::TargetModules;
+use crate::load::DeviceKind;
+use crate::model::Architecture;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
@@ -35,17 +36,6 @@ pub enum Schedule {
     Linear,
     Cosine,
 }
-
-/// The projections of the Llama family that LoRA can adapt.
-pub const LINEAR_MODULES: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -257,14 +247,19 @@ impl LoadedRecipe {
         }
     }
 
-    /// The module names LoRA adapts.
+    /// The module names LoRA adapts (`all-linear`: every projection of the architectures'
+    /// tables; those the model lacks match nothing).
     pub fn targets(&self) -> Vec<String> {
         let r = &self.recipe;
+        let all = || {
+            Architecture::any_linear_module()
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        };
         match &r.lora_target_modules {
-            _ if r.lora_target_linear => LINEAR_MODULES.iter().map(|s| s.to_string()).collect(),
-            TargetModules::One(s) if s == "all-linear" => {
-                LINEAR_MODULES.iter().map(|s| s.to_string()).collect()
-            }
+            _ if r.lora_target_linear => all(),
+            TargetModules::One(s) if s == "all-linear" => all(),
             TargetModules::One(s) => vec![s.clone()],
             TargetModules::List(v) => v.clone(),
         }
@@ -360,9 +355,10 @@ impl LoadedRecipe {
                 "needs a validation set (val_set_size)",
             ));
         }
+        let linear = Architecture::any_linear_module();
         if let TargetModules::One(s) = &r.lora_target_modules
             && s != "all-linear"
-            && !LINEAR_MODULES.contains(&s.as_str())
+            && !linear.contains(&s.as_str())
         {
             return Err(self.invalid(
                 "lora_target_modules",
@@ -370,10 +366,10 @@ impl LoadedRecipe {
             ));
         }
         for t in self.targets() {
-            if !LINEAR_MODULES.contains(&t.as_str()) && t != "lm_head" {
+            if !linear.contains(&t.as_str()) && t != "lm_head" {
                 return Err(self.invalid(
                     "lora_target_modules",
-                    format!("`{t}` is not a projection of this model family (choose from {}, lm_head, or \"all-linear\")", LINEAR_MODULES.join(", ")),
+                    format!("`{t}` is not a projection of this model family (choose from {}, lm_head, or \"all-linear\")", linear.join(", ")),
                 ));
             }
         }

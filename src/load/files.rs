@@ -1,0 +1,155 @@
+//! A model spec resolved to its files: a GGUF file, a Hugging Face folder, a Hub id
+//! `org/name[@rev]` (through the Hub cache), or a model's name in the models directory. Opening
+//! reads the config and tokenizer and maps the weights; nothing is fetched here.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::Device;
+
+use super::source::ModelWeights;
+use super::{DEFAULT_MODEL, LoadError, models_dir};
+use crate::formats::adapter::{MergedSource, PeftAdapter};
+use crate::formats::gguf::hf::GgufModel;
+use crate::formats::hub::{self, HubId};
+use crate::formats::shards::SafetensorsFolder;
+use crate::formats::store::Empty;
+use crate::formats::{TensorSource, hf};
+use crate::model::{CausalLm, ModelConfig, ResolvedConfig, Vars};
+use crate::tokenize::{ModelTokenizer, gguf_vocab};
+
+/// Everything a model needs, read but not yet on a device.
+pub struct ModelFiles {
+    /// What the user named, for messages.
+    pub origin: String,
+    /// The folder or file it resolved to.
+    pub path: PathBuf,
+    pub config: ModelConfig,
+    /// The config checked and resolved (architecture chosen, defaults applied).
+    pub resolved: ResolvedConfig,
+    pub source: Box<dyn TensorSource>,
+    pub tokenizer: ModelTokenizer,
+    /// Decode on the CPU from the quantised blocks of a GGUF (llama.cpp's way, activations
+    /// quantised to 8 bits) rather than from their f32 dequantisation (transformers' numbers).
+    /// Off unless asked for (`--quantized`).
+    pub quantized_decode: bool,
+}
+
+fn resolve_config(config: &ModelConfig, file: &Path) -> Result<ResolvedConfig, LoadError> {
+    config.resolve().map_err(|source| LoadError::Config {
+        path: file.to_path_buf(),
+        source,
+    })
+}
+
+fn config_from(doc: serde_json::Value, file: &Path) -> Result<ModelConfig, LoadError> {
+    serde_json::from_value(doc).map_err(|e| {
+        crate::util::FileError::parse(file, format!("metadata does not form a model config: {e}"))
+            .into()
+    })
+}
+
+fn eos_ids(config: &ModelConfig) -> Vec<u32> {
+    hf::token_ids(config.eos_token_id.as_ref())
+}
+
+/// Open a Hugging Face folder.
+pub fn open_folder(dir: &Path, origin: &str) -> Result<ModelFiles, LoadError> {
+    let config: ModelConfig = crate::util::read_json(&dir.join("config.json"))?;
+    let resolved = resolve_config(&config, &dir.join("config.json"))?;
+    let tokenizer = ModelTokenizer::from_folder(dir, &eos_ids(&config)).map_err(|source| {
+        LoadError::Tokenizer {
+            path: dir.to_path_buf(),
+            source,
+        }
+    })?;
+    let source = Box::new(SafetensorsFolder::open(dir)?);
+    Ok(ModelFiles {
+        quantized_decode: false,
+        origin: origin.into(),
+        path: dir.to_path_buf(),
+        config,
+        resolved,
+        source,
+        tokenizer,
+    })
+}
+
+/// Open a GGUF file.
+pub fn open_gguf(path: &Path, origin: &str) -> Result<ModelFiles, LoadError> {
+    let model = GgufModel::open(path)?;
+    let config = config_from(model.config()?, path)?;
+    let resolved = resolve_config(&config, path)?;
+    let vocab = model.vocab()?;
+    let tok_err = |source| LoadError::Tokenizer {
+        path: path.to_path_buf(),
+        source,
+    };
+    let json = gguf_vocab::tokenizer_json(&vocab).map_err(tok_err)?;
+    let tcfg = gguf_vocab::tokenizer_config_json(&vocab);
+    let tokenizer = ModelTokenizer::from_documents(json, tcfg, None, &eos_ids(&config), path)
+        .map_err(tok_err)?;
+    Ok(ModelFiles {
+        quantized_decode: false,
+        origin: origin.into(),
+        path: path.to_path_buf(),
+        config,
+        resolved,
+        source: Box::new(model),
+        tokenizer,
+    })
+}
+
+impl ModelFiles {
+    /// The same model with a PEFT adapter merged into its weights as they load.
+    pub fn with_adapter(mut self, dir: &Path) -> Result<Self, LoadError> {
+        let adapter = PeftAdapter::read(dir)?;
+        let base = std::mem::replace(&mut self.source, Box::new(Empty));
+        self.source = Box::new(MergedSource::new(base, adapter, dir)?);
+        self.origin = format!("{} + {}", self.origin, dir.display());
+        Ok(self)
+    }
+
+    /// The network on `device` (quantised blocks kept for decode when `quantized_decode`).
+    pub fn model_on(&self, device: &Device) -> Result<CausalLm, LoadError> {
+        let started = std::time::Instant::now();
+        let weights = ModelWeights(self.source.as_ref());
+        let vars = Vars::new(&weights, device).with_blocks(self.quantized_decode);
+        let model = CausalLm::load(&self.resolved, &vars)?;
+        tracing::debug!("loaded {} in {:.2?}", self.origin, started.elapsed());
+        Ok(model)
+    }
+}
+
+/// Resolve `spec` (None: the default model) to model files. The default model must have been
+/// fetched (`switchyard models fetch`, or [`super::fetch::fetch_default`]).
+pub fn open(spec: Option<&str>) -> Result<ModelFiles, LoadError> {
+    let spec = spec.unwrap_or(DEFAULT_MODEL);
+    let path = Path::new(spec);
+    if path.is_file() {
+        return open_gguf(path, spec);
+    }
+    if path.is_dir() {
+        return open_folder(path, spec);
+    }
+    let named = models_dir().join(spec);
+    // A half-fetched default model is not a model yet.
+    if named.is_dir() && (spec != DEFAULT_MODEL || hf::is_complete(&named)) {
+        return open_folder(&named, spec);
+    }
+    if let Some(id) = HubId::parse(spec) {
+        let dir = hub::resolve(&id, None)?;
+        return open_folder(&dir, spec);
+    }
+    let hint = if spec == DEFAULT_MODEL {
+        "run `switchyard models fetch` first".to_string()
+    } else {
+        format!(
+            "give a .gguf file, a model folder, a Hub id (org/name[@rev]) or a name in {}",
+            models_dir().display()
+        )
+    };
+    Err(LoadError::NotFound {
+        spec: spec.to_string(),
+        hint,
+    })
+}

@@ -1,0 +1,216 @@
+//! `switchyard serve` answers the official `openai` Python client: the local model directly
+//! (chat, token streaming, text completions, errors, auth), and a policy as a gateway that falls
+//! back when a target is down; and the eval harness uses it as a target.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use switchyard::providers::fault_server::{Behaviour, FaultServer};
+
+const KEY: &str = "sk-serve-test";
+
+fn python() -> std::path::PathBuf {
+    crate::common::litellm_bin()
+        .parent()
+        .unwrap()
+        .join("python")
+}
+
+fn start_serve(args: &[&str], dir: &Path) -> (crate::common::Proxy, u16) {
+    let port = crate::common::free_port();
+    let child = crate::common::cli()
+        .args([
+            "serve",
+            "--port",
+            &port.to_string(),
+            "--api-key-env",
+            "SERVE_KEY",
+        ])
+        .args(args)
+        .env("SERVE_KEY", KEY)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("serve.err")).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    let mut p = crate::common::Proxy(child);
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(s) = p.0.try_wait().unwrap() {
+            panic!(
+                "serve exited {s}: {}",
+                std::fs::read_to_string(dir.join("serve.err")).unwrap()
+            );
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "serve did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (p, port)
+}
+
+fn client(mode: &str, port: u16, model: &str) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(crate::common::fixture("serve/openai_client.py"))
+        .args([mode, &format!("http://127.0.0.1:{port}/v1"), KEY, model])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_openai_client_talks_to_the_local_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_serve, port) = start_serve(&["--name", "smollm2", "--max-body-kib", "4"], d);
+    let v = client("local", port, "smollm2");
+    assert_eq!(v["models"], serde_json::json!(["smollm2"]));
+    assert_eq!(v["chat"], "The capital of France is Paris.", "{v}");
+    assert_eq!(v["finish"], "stop");
+    assert_eq!(v["usage"], serde_json::json!([37, 7]));
+    // Streamed token by token, the same text and usage.
+    assert_eq!(v["stream_text"], v["chat"]);
+    assert!(v["stream_chunks"].as_u64().unwrap() >= 5, "{v}");
+    assert_eq!(v["stream_usage"], v["usage"]);
+    assert!(!v["text"].as_str().unwrap().is_empty());
+    assert_eq!(v["unknown_model"][0], 404);
+    assert_eq!(v["empty_messages"], 400);
+    assert_eq!(v["wrong_key"], 401);
+    // A body over the limit is refused with an OpenAI-style error.
+    let big = format!(
+        "{{\"model\": \"smollm2\", \"messages\": [{{\"role\": \"user\", \"content\": \"{}\"}}]}}",
+        "x".repeat(8000)
+    );
+    let auth = format!("Bearer {KEY}");
+    let text = crate::common::http(
+        port,
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", &auth)],
+        &big,
+    );
+    assert!(
+        text.starts_with("HTTP/1.1 413") && text.contains("\"error\""),
+        "{text}"
+    );
+
+    // The eval harness uses the server as a target.
+    std::fs::write(
+        d.join("targets.toml"),
+        format!("[[targets]]\nname = \"served\"\nprovider = \"openai-compatible\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\nmodel = \"smollm2\"\napi_key_env = \"SERVE_KEY\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("suite.toml"),
+        "name = \"capitals\"\nuser = \"What is the capital of {{ c }}?\"\nreference = \"r\"\n[generation]\nmax_tokens = 16\n\
+         [[scorers]]\ntype = \"contains\"\n[[cases]]\nc = \"France\"\nr = \"Paris\"\n",
+    )
+    .unwrap();
+    let out = crate::common::cli_ok(
+        crate::common::cli()
+            .current_dir(d)
+            .env("SERVE_KEY", KEY)
+            .args([
+                "eval",
+                "suite.toml",
+                "--targets-file",
+                "targets.toml",
+                "-t",
+                "served",
+                "--no-cache",
+                "--out",
+                "out",
+            ]),
+    );
+    assert!(out.contains("100.0%"), "{out}");
+}
+
+#[test]
+fn the_gateway_routes_by_task_and_falls_back() {
+    let rt = crate::common::runtime();
+    let up = rt
+        .block_on(FaultServer::start(0, Behaviour::default(), true))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let down = format!("http://127.0.0.1:{}/v1", crate::common::free_port());
+    // No retries: the test is about falling back (the gateway honours a target's retries).
+    let target = |name: &str, url: &str| serde_json::json!({"name": name, "provider": "openai-compatible", "model": name, "base_url": url, "timeout_s": 5.0, "max_retries": 0});
+    let route = |task: &str| {
+        serde_json::json!({"task": task, "suite": "s", "primary": "down", "fallbacks": ["up"], "reason": "test",
+            "constraints_met": true, "evidence": []})
+    };
+    let policy = serde_json::json!({
+        "version": 1, "created_at": 0.0, "objective": "quality", "constraints": {}, "margin": 0.02, "runs": {},
+        "targets": {"down": target("down", &down), "up": target("up", &up.base_url())},
+        "routes": [route("qa"), route("default")], "predicted": [],
+    });
+    std::fs::write(d.join("policy.json"), policy.to_string()).unwrap();
+    let (_serve, port) = start_serve(&["--policy", "policy.json"], d);
+    let v = client("gateway", port, "route/qa");
+    assert_eq!(v["chat"], "routed", "{v}");
+    assert_eq!(v["target"], "up");
+    assert_eq!(v["attempts"], "2");
+    assert_eq!(v["stream_text"], "streamed too");
+    // Passed through as the target streams it, not re-chunked at the end.
+    assert_eq!(v["stream_chunks"], 2, "{v}");
+    assert!(
+        v["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == "route/qa")
+    );
+    assert_eq!(up.requests(), 2);
+}
+
+/// More requests than `--max-concurrency` at once: the extra one gets 429 with Retry-After and an
+/// OpenAI-style body, not a queue that grows without bound.
+#[test]
+fn requests_beyond_the_concurrency_limit_get_429() {
+    let rt = crate::common::runtime();
+    let slow = Behaviour {
+        latency: Duration::from_millis(1500),
+        chunk_delay: Duration::ZERO,
+    };
+    let up = rt.block_on(FaultServer::start(0, slow, true)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let policy = serde_json::json!({
+        "version": 1, "created_at": 0.0, "objective": "quality", "constraints": {}, "margin": 0.02, "runs": {},
+        "targets": {"up": {"name": "up", "provider": "openai-compatible", "model": "up", "base_url": up.base_url()}},
+        "routes": [{"task": "qa", "suite": "s", "primary": "up", "fallbacks": [], "reason": "test", "constraints_met": true, "evidence": []}],
+        "predicted": [],
+    });
+    std::fs::write(d.join("policy.json"), policy.to_string()).unwrap();
+    let (_serve, port) = start_serve(&["--policy", "policy.json", "--max-concurrency", "1"], d);
+    let call = move || {
+        let auth = format!("Bearer {KEY}");
+        crate::common::http(
+            port,
+            "POST",
+            "/v1/chat/completions",
+            &[("authorization", &auth)],
+            r#"{"model": "route/qa", "messages": [{"role": "user", "content": "[answer:x] q"}]}"#,
+        )
+    };
+    let first = std::thread::spawn(call);
+    std::thread::sleep(Duration::from_millis(500));
+    let second = call();
+    assert!(second.starts_with("HTTP/1.1 429"), "{second}");
+    assert!(
+        second.to_lowercase().contains("retry-after: 1") && second.contains("rate_limit_error"),
+        "{second}"
+    );
+    assert!(first.join().unwrap().starts_with("HTTP/1.1 200"));
+}
