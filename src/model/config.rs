@@ -371,6 +371,35 @@ mod tests {
     }
 
     #[test]
+    fn one_table_of_projections_and_one_parameter_count() {
+        let mut c = base();
+        c["mlp_bias"] = true.into();
+        c["attention_bias"] = true.into();
+        let r: ModelConfig = serde_json::from_value(c).unwrap();
+        let r = r.resolve().unwrap();
+        let names: Vec<&str> = r.layer_projections().iter().map(|p| p.short()).collect();
+        assert_eq!(
+            names,
+            [
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj"
+            ]
+        );
+        // 2 layers: q 64·64, k/v 64·32 each (+ biases), o 64·64, gate/up 64·128, down 128·64
+        // (+ biases); 2 norms per layer, the final norm, and the untied embedding and head.
+        let layer =
+            64 * 64 + 64 + 2 * (64 * 32 + 32) + 64 * 64 + 2 * (64 * 128 + 128) + 128 * 64 + 64;
+        let want = 2 * (layer + 2 * 64) + 64 + 2 * 256 * 64;
+        assert_eq!(r.num_parameters(), want);
+        assert_eq!(r.projections().len(), 2 * 7 + 1);
+    }
+
+    #[test]
     fn unknown_architecture_lists_supported() {
         let mut c = base();
         c["model_type"] = "gpt_neox".into();

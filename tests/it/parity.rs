@@ -143,6 +143,18 @@ fn tiny(name: &str) {
     let cfg = config.resolve().unwrap();
     let device = crate::common::cpu();
     let model = load(&cfg, &SafetensorsFolder::open(&dir).unwrap());
+    // The network's projections are the config's table, in order, with its shapes.
+    let table: Vec<(String, [usize; 2])> = cfg
+        .projections()
+        .into_iter()
+        .map(|(n, p)| (n, [p.d_in, p.d_out]))
+        .collect();
+    let built: Vec<(String, [usize; 2])> = model
+        .projections()
+        .into_iter()
+        .map(|(n, p)| (n, p.dims()))
+        .collect();
+    assert_eq!(built, table, "{name}");
     let reference = read(&dir.join("reference.json"));
     let input = ids(&reference["input_ids"]);
     let got = model.sequence_logits(&input, input.len(), &device);
