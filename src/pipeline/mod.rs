@@ -408,3 +408,35 @@ fn route_stage(
     stages.done("route", &fp)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_route_table_is_route_derives_options() {
+        let p: Pipeline = toml::from_str(
+            "name = \"p\"\nout = \"o\"\nrecipe = \"r.toml\"\nsuites = [\"s.toml\"]\n[route]\n\
+             objective = \"fastest\"\nmax_error_rate = 0.1\nfallbacks = 1\ntasks = [\"mmlu\"]\nmin_cases = 5\n",
+        )
+        .unwrap();
+        let want = DeriveOptions {
+            objective: crate::route::Objective::Fastest,
+            max_error_rate: Some(0.1),
+            fallbacks: 1,
+            tasks: vec!["mmlu".into()],
+            min_cases: 5,
+            ..DeriveOptions::default()
+        };
+        assert_eq!(p.route, want);
+        let e = toml::from_str::<Pipeline>(
+            "name = \"p\"\nout = \"o\"\nrecipe = \"r.toml\"\nsuites = []\n[route]\nmax_latency = 2\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("max_latency") && e.contains("max_p95_latency"),
+            "{e}"
+        );
+    }
+}

@@ -45,6 +45,16 @@ fn a_pipeline_runs_end_to_end_and_a_rerun_skips_every_stage() {
         first.contains("skipping provider `groq-llama-3.1-8b`: GROQ_API_KEY is not set"),
         "{first}"
     );
+    // Off a terminal: plain progress lines for training and the eval, and no escape codes.
+    assert!(
+        first.contains("train step 20/20 · loss ") && first.contains(" tok/s · "),
+        "{first}"
+    );
+    assert!(first.contains("eval 12/12 rows · 0 errors · "), "{first}");
+    assert!(
+        !first.contains('\x1b'),
+        "escape codes off a terminal: {first:?}"
+    );
     let r = d.join("run");
     assert!(r.join("train/adapter/adapter_model.safetensors").exists());
     let summary = std::fs::read_to_string(r.join("eval/summary.csv")).unwrap();

@@ -68,7 +68,15 @@ impl TrainObserver for StopAfter {
 fn an_interrupted_run_resumes_to_the_same_losses_and_writes_a_peft_adapter() {
     let dir = tempfile::tempdir().unwrap();
     let recipe = setup(dir.path(), "sample_packing = true");
-    cli_ok(cli(dir.path()).args(["train"]).arg(&recipe));
+    let out = crate::common::run(cli(dir.path()).args(["train"]).arg(&recipe));
+    assert!(out.ok, "{}", out.stderr);
+    // Off a terminal, progress is plain lines: the last step at least, with its loss and rate.
+    assert!(
+        out.stderr.contains("train step 4/4 · loss "),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains('\x1b'), "{:?}", out.stderr);
     let full = metrics(dir.path());
     assert_eq!(full.len(), 4);
     let first = full[0]["loss"].as_f64().unwrap();
