@@ -226,6 +226,10 @@ impl EvalProgress {
 
 impl EvalObserver for EvalProgress {
     fn planned(&mut self, target: &str, rows: usize, done: usize) {
+        if self.counts.is_empty() {
+            // The clock of the rate starts with the eval (a pipeline makes this before training).
+            self.started = Instant::now();
+        }
         self.counts.insert(target.to_string(), (done, rows, 0));
         self.resumed += done;
         if let Some(m) = &self.multi {
