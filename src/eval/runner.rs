@@ -254,6 +254,7 @@ impl Judges for Ctx {
                 seed: Some(0),
                 stop: Vec::new(),
                 raw: false,
+                ..Default::default()
             };
             let (out, _) = Ctx::ask(self, t, identity, &req, 0).await;
             out.result.map(|r| r.text).map_err(|e| fail(e.to_string()))

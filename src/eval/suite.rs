@@ -360,6 +360,7 @@ impl Suite {
             seed: g.seed.map(|s| s + repeat as u64),
             stop: g.stop.clone(),
             raw: false,
+            ..Default::default()
         }
     }
 

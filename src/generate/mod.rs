@@ -71,6 +71,19 @@ pub struct TokenLogprob {
     pub top_logprobs: Vec<TopLogprob>,
 }
 
+/// One token of a text scored by the model (a prompt echoed back with its log-probabilities, as
+/// OpenAI's completions endpoint writes them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoredToken {
+    pub token: String,
+    /// Its log-probability given the tokens before it (None for the first: nothing predicts it).
+    pub logprob: Option<f32>,
+    /// The most likely tokens at its position (empty for the first).
+    pub top_logprobs: Vec<TopLogprob>,
+    /// Where it starts in the text, in bytes.
+    pub offset: usize,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Generation {
     pub text: String,
@@ -330,6 +343,46 @@ impl Engine {
             row.emitted = settled;
         }
         Ok(())
+    }
+
+    /// Every token of `ids` with its log-probability given those before it, and the `top` most
+    /// likely tokens at its position; `offsets` are where the tokens start in their text.
+    pub fn score(&self, ids: &[u32], offsets: &[usize], top: usize) -> Vec<ScoredToken> {
+        let dists = match ids.len() {
+            0 | 1 => Vec::new(),
+            n => self.next_token_logprobs(&ids[..n - 1], n - 1),
+        };
+        ids.iter()
+            .enumerate()
+            .map(|(i, &id)| {
+                let (token, _) = self.token_repr(id);
+                let offset = offsets.get(i).copied().unwrap_or(0);
+                match i.checked_sub(1).and_then(|p| dists.get(p)) {
+                    None => ScoredToken {
+                        token,
+                        logprob: None,
+                        top_logprobs: Vec::new(),
+                        offset,
+                    },
+                    Some(d) => ScoredToken {
+                        token,
+                        logprob: Some(d[id as usize]),
+                        top_logprobs: top_n(d, top)
+                            .into_iter()
+                            .map(|j| {
+                                let (token, bytes) = self.token_repr(j as u32);
+                                TopLogprob {
+                                    token,
+                                    logprob: d[j],
+                                    bytes,
+                                }
+                            })
+                            .collect(),
+                        offset,
+                    },
+                }
+            })
+            .collect()
     }
 
     /// Log-probabilities of the next token at the last `last_n` positions of `tokens` (one row).

@@ -87,6 +87,7 @@ mod tests {
             seed: None,
             stop: vec![],
             raw: false,
+            ..Default::default()
         };
         let k = ResponseCache::key(&id, &req, 0);
         assert_eq!(k, ResponseCache::key(&id, &req, 0));
@@ -110,6 +111,7 @@ mod tests {
             latency_s: 0.2,
             compute_s: None,
             model: None,
+            ..Default::default()
         };
         c.put(&k, &r).unwrap();
         assert_eq!(c.get(&k), Some(r));

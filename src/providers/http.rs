@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::presets::{Preset, Routing};
 use super::{BoxFuture, ChatRequest, ChatResponse, Deltas, Provider, ProviderError};
+use crate::generate::{ScoredToken, TokenLogprob, TopLogprob};
 
 /// A configured OpenAI-compatible endpoint.
 pub struct HttpProvider {
@@ -113,12 +114,15 @@ impl HttpProvider {
     }
 
     /// The request body: OpenAI's fields, spelled as the preset wants, then the target's extras.
+    /// A raw request is a text completion (`prompt`, with `echo` and integer `logprobs`), sent
+    /// whole; a chat request streams when the target does.
     pub fn body(&self, req: &ChatRequest) -> Value {
-        let mut b = json!({
-            "model": self.model,
-            "messages": req.messages,
-            "temperature": req.temperature,
-        });
+        let mut b = if req.raw {
+            let prompt = req.messages.first().map_or("", |m| m.content.as_str());
+            json!({"model": self.model, "prompt": prompt, "temperature": req.temperature})
+        } else {
+            json!({"model": self.model, "messages": req.messages, "temperature": req.temperature})
+        };
         let o = b.as_object_mut().expect("object");
         o.insert(self.preset.max_tokens_field.into(), json!(req.max_tokens));
         if req.top_p < 1.0 {
@@ -130,7 +134,22 @@ impl HttpProvider {
         if !req.stop.is_empty() {
             o.insert("stop".into(), json!(req.stop));
         }
-        if self.stream {
+        match (req.raw, req.logprobs) {
+            (true, n) => {
+                if let Some(n) = n.or(req.echo.then_some(0)) {
+                    o.insert("logprobs".into(), json!(n));
+                }
+                if req.echo {
+                    o.insert("echo".into(), json!(true));
+                }
+            }
+            (false, Some(n)) => {
+                o.insert("logprobs".into(), json!(true));
+                o.insert("top_logprobs".into(), json!(n));
+            }
+            (false, None) => {}
+        }
+        if self.stream && !req.raw {
             o.insert("stream".into(), json!(true));
             if self.preset.stream_usage {
                 o.insert("stream_options".into(), json!({"include_usage": true}));
@@ -157,16 +176,15 @@ impl HttpProvider {
         req: &ChatRequest,
         deltas: Option<&Deltas>,
     ) -> Result<ChatResponse, ProviderError> {
-        if req.raw {
-            return Err(ProviderError::Config(format!(
-                "`{}` answers chat requests; raw text prompts go to the local model only",
-                self.preset.name
-            )));
-        }
         let started = Instant::now();
+        let endpoint = if req.raw {
+            "completions"
+        } else {
+            "chat/completions"
+        };
         let mut rb = self
             .client
-            .post(format!("{}/chat/completions", self.base_url))
+            .post(format!("{}/{endpoint}", self.base_url))
             .timeout(self.timeout)
             .json(&self.body(req));
         if let Some(k) = &self.api_key {
@@ -223,6 +241,7 @@ impl HttpProvider {
             latency_s: 0.0,
             compute_s: None,
             model: None,
+            ..Default::default()
         };
         let mut stream = resp.bytes_stream();
         let mut pending: Vec<u8> = Vec::new();
@@ -284,6 +303,9 @@ impl HttpProvider {
             if let Some(f) = c.get("finish_reason").and_then(Value::as_str) {
                 out.finish_reason = Some(f.to_string());
             }
+            if let Some(lp) = chat_logprobs(c) {
+                out.logprobs.get_or_insert_with(Vec::new).extend(lp);
+            }
         }
         if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
             out.prompt_tokens = u.get("prompt_tokens").and_then(Value::as_u64);
@@ -343,14 +365,39 @@ pub fn parse_completion(v: &Value) -> Result<ChatResponse, ProviderError> {
         .get("choices")
         .and_then(|c| c.get(0))
         .ok_or_else(|| bad("no `choices[0]`"))?;
-    let text = match choice.pointer("/message/content") {
+    // A chat completion's message, or a text completion's text.
+    let text = match choice
+        .pointer("/message/content")
+        .or_else(|| choice.get("text"))
+    {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Null) => String::new(),
         _ => return Err(bad("no `choices[0].message.content`")),
     };
+    let prompt_tokens = v.pointer("/usage/prompt_tokens").and_then(Value::as_u64);
+    let (prompt_logprobs, logprobs) = match completion_logprobs(choice) {
+        // With `echo`, the first `prompt_tokens` entries are the prompt's.
+        Some(mut all) if choice.get("text").is_some() => {
+            let n = prompt_tokens.map_or(0, |n| (n as usize).min(all.len()));
+            let generated = all.split_off(n);
+            let as_generated = generated
+                .into_iter()
+                .map(|t| TokenLogprob {
+                    bytes: t.token.as_bytes().to_vec(),
+                    logprob: t.logprob.unwrap_or(f32::NAN),
+                    top_logprobs: t.top_logprobs,
+                    token: t.token,
+                })
+                .collect();
+            ((n > 0).then_some(all), Some(as_generated))
+        }
+        _ => (None, chat_logprobs(choice)),
+    };
     Ok(ChatResponse {
+        logprobs,
+        prompt_logprobs,
         text,
-        prompt_tokens: v.pointer("/usage/prompt_tokens").and_then(Value::as_u64),
+        prompt_tokens,
         completion_tokens: v
             .pointer("/usage/completion_tokens")
             .and_then(Value::as_u64),
@@ -370,6 +417,55 @@ pub fn parse_completion(v: &Value) -> Result<ChatResponse, ProviderError> {
 fn error_event(err: &Value, body: &str) -> ProviderError {
     let status = err.get("code").and_then(Value::as_u64).unwrap_or(500) as u16;
     ProviderError::from_status(status, body.to_string(), None)
+}
+
+/// A chat choice's `logprobs.content`, in OpenAI's shape.
+fn chat_logprobs(choice: &Value) -> Option<Vec<TokenLogprob>> {
+    let content = choice.pointer("/logprobs/content")?;
+    serde_json::from_value(content.clone()).ok()
+}
+
+/// A text completion's `logprobs` (`tokens`, `token_logprobs`, `top_logprobs` as maps,
+/// `text_offset`), as scored tokens.
+fn completion_logprobs(choice: &Value) -> Option<Vec<ScoredToken>> {
+    let lp = choice.get("logprobs")?;
+    let tokens = lp.get("tokens")?.as_array()?;
+    let logprobs = lp.get("token_logprobs").and_then(Value::as_array);
+    let tops = lp.get("top_logprobs").and_then(Value::as_array);
+    let offsets = lp.get("text_offset").and_then(Value::as_array);
+    Some(
+        tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| ScoredToken {
+                token: t.as_str().unwrap_or_default().to_string(),
+                logprob: logprobs
+                    .and_then(|l| l.get(i))
+                    .and_then(Value::as_f64)
+                    .map(|x| x as f32),
+                top_logprobs: tops
+                    .and_then(|l| l.get(i))
+                    .and_then(Value::as_object)
+                    .map(|m| {
+                        let mut top: Vec<TopLogprob> = m
+                            .iter()
+                            .map(|(k, v)| TopLogprob {
+                                token: k.clone(),
+                                logprob: v.as_f64().unwrap_or(f64::NEG_INFINITY) as f32,
+                                bytes: k.as_bytes().to_vec(),
+                            })
+                            .collect();
+                        top.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
+                        top
+                    })
+                    .unwrap_or_default(),
+                offset: offsets
+                    .and_then(|l| l.get(i))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0) as usize,
+            })
+            .collect(),
+    )
 }
 
 fn clip(s: &str) -> String {
@@ -429,6 +525,7 @@ mod tests {
             seed: Some(3),
             stop: vec![],
             raw: false,
+            ..Default::default()
         }
     }
 

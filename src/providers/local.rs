@@ -55,13 +55,14 @@ impl LocalProvider {
     }
 }
 
-/// Requests that can share a batch: same limits, sampling and stops.
+/// Requests that can share a batch: same limits, sampling, stops and log-probabilities.
 fn compatible(a: &ChatRequest, b: &ChatRequest) -> bool {
     a.max_tokens == b.max_tokens
         && a.temperature == b.temperature
         && a.top_p == b.top_p
         && a.seed == b.seed
         && a.stop == b.stop
+        && a.logprobs == b.logprobs
 }
 
 fn worker(engine: Engine, rx: mpsc::Receiver<Job>, batch: usize) {
@@ -101,20 +102,22 @@ fn worker(engine: Engine, rx: mpsc::Receiver<Job>, batch: usize) {
 
 fn run_batch(engine: &Engine, jobs: Vec<Job>) {
     let mut ids = Vec::with_capacity(jobs.len());
+    let mut offsets = Vec::with_capacity(jobs.len());
     let mut ok_jobs = Vec::with_capacity(jobs.len());
     for job in jobs {
         let encoded = if job.req.raw {
             let text = job.req.messages.first().map_or("", |m| m.content.as_str());
-            engine.tokenizer.encode(text, false)
+            engine.tokenizer.encode_with_offsets(text)
         } else {
             engine
                 .tokenizer
                 .apply_chat_template(&job.req.messages, true)
-                .and_then(|text| engine.tokenizer.encode(&text, false))
+                .and_then(|text| engine.tokenizer.encode_with_offsets(&text))
         };
         match encoded {
-            Ok(t) => {
+            Ok((t, o)) => {
                 ids.push(t);
+                offsets.push(o);
                 ok_jobs.push(job);
             }
             Err(e) => {
@@ -135,7 +138,7 @@ fn run_batch(engine: &Engine, jobs: Vec<Job>) {
             ..Default::default()
         },
         stop: r.stop.clone(),
-        logprobs: None,
+        logprobs: r.logprobs,
     };
     let started = Instant::now();
     let mut first_text: Vec<Option<Instant>> = vec![None; ok_jobs.len()];
@@ -154,8 +157,14 @@ fn run_batch(engine: &Engine, jobs: Vec<Job>) {
     let compute = (finished - started).as_secs_f64() / ok_jobs.len() as f64;
     match result {
         Ok(Ok((gens, _))) => {
-            for ((job, g), first) in ok_jobs.into_iter().zip(gens).zip(first_text) {
+            for (i, ((job, g), first)) in ok_jobs.into_iter().zip(gens).zip(first_text).enumerate()
+            {
                 let since = |t: Instant| t.saturating_duration_since(job.sent).as_secs_f64();
+                // The prompt scored as well (`echo`): one more pass over it.
+                let prompt_logprobs = job
+                    .req
+                    .echo
+                    .then(|| engine.score(&ids[i], &offsets[i], job.req.logprobs.unwrap_or(0)));
                 let _ = job.reply.send(Ok(ChatResponse {
                     text: g.text,
                     prompt_tokens: Some(g.prompt_tokens as u64),
@@ -171,6 +180,8 @@ fn run_batch(engine: &Engine, jobs: Vec<Job>) {
                     latency_s: since(finished),
                     compute_s: Some(compute),
                     model: None,
+                    logprobs: g.logprobs,
+                    prompt_logprobs,
                 }));
             }
         }

@@ -30,7 +30,7 @@ pub use crate::tokenize::Message;
 pub use target::{Target, TargetSpec, TargetsFile};
 
 /// What a suite asks of a provider for one case.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ChatRequest {
     pub messages: Vec<Message>,
     pub max_tokens: usize,
@@ -40,14 +40,20 @@ pub struct ChatRequest {
     pub seed: Option<u64>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub stop: Vec<String>,
-    /// The single message's content is the whole prompt, sent without a chat template (text
-    /// completions; the local model only).
+    /// The single message's content is the whole prompt, sent without a chat template (a text
+    /// completion: `/v1/completions` over HTTP).
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub raw: bool,
+    /// Log-probabilities of the generated tokens, with this many alternatives each.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub logprobs: Option<usize>,
+    /// A raw prompt's own tokens scored and sent back (OpenAI completions' `echo`).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub echo: bool,
 }
 
 /// A provider's answer, with what it cost in tokens and time.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ChatResponse {
     pub text: String,
     /// Input tokens, as the provider counted them (None: it did not say).
@@ -65,6 +71,12 @@ pub struct ChatResponse {
     /// The model the provider says answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The generated tokens' log-probabilities, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<crate::generate::TokenLogprob>>,
+    /// The prompt's tokens scored (`echo`), when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<Vec<crate::generate::ScoredToken>>,
 }
 
 impl ChatResponse {

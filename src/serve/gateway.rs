@@ -126,9 +126,10 @@ pub async fn answer(
             let name = &chain[i];
             let shown = format!("route/{}", route.unwrap_or(name));
             let resp = match answer {
-                Answer::Whole(r) => {
-                    wire::completion_response(&r, &shown, true, body.stream, body.include_usage())
+                Answer::Whole(r) if body.stream => {
+                    wire::whole_stream(&r, &shown, body.include_usage())
                 }
+                Answer::Whole(r) => wire::completions_response(&[(req.clone(), r)], &shown, true),
                 Answer::Streaming { first, rx, handle } => {
                     wire::forward(rx, handle, Some(first), shown, body.include_usage())
                 }

@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
-use crate::providers::{Message, Target};
+use crate::providers::Target;
 use crate::route::Policy;
 use wire::{CompletionBody, RawBody, error};
 
@@ -69,48 +69,16 @@ fn check_auth(state: &AppState, headers: &HeaderMap) -> Option<Response> {
     })
 }
 
-/// The prompt of a chat (its messages) or text completion (its prompt), or the refusal.
-fn messages_of(body: &CompletionBody, chat: bool) -> Result<Vec<Message>, Box<Response>> {
-    if chat {
-        match &body.messages {
-            Some(m) if !m.is_empty() => Ok(m.clone()),
-            _ => Err(Box::new(error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "`messages` must be a non-empty list",
-                Some("messages"),
-            ))),
-        }
-    } else {
-        match &body.prompt {
-            Some(_) if body.stream => Err(Box::new(error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "streaming is served for chat completions only",
-                Some("stream"),
-            ))),
-            Some(p) => Ok(vec![Message::new("user", p)]),
-            None => Err(Box::new(error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "`prompt` is required",
-                Some("prompt"),
-            ))),
-        }
-    }
-}
-
 async fn completions(
     state: &AppState,
     headers: &HeaderMap,
     body: CompletionBody,
     chat: bool,
 ) -> Response {
-    let messages = match messages_of(&body, chat) {
-        Ok(m) => m,
+    let reqs = match body.requests(chat) {
+        Ok(r) => r,
         Err(r) => return *r,
     };
-    let req = body.request(messages, !chat);
     let Ok(_slot) = state.slots.try_acquire() else {
         let mut r = error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -126,7 +94,7 @@ async fn completions(
         return r;
     };
     match &state.backend {
-        Backend::Local { name, target } => local::answer(name, target, &body, &req).await,
+        Backend::Local { name, target } => local::answer(name, target, &body, reqs).await,
         Backend::Gateway { policy, targets } => {
             if !chat {
                 return error(
@@ -136,7 +104,15 @@ async fn completions(
                     None,
                 );
             }
-            gateway::answer(policy, targets, headers, &body, &req).await
+            if reqs.len() != 1 {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "the gateway answers one choice per request",
+                    Some("n"),
+                );
+            }
+            gateway::answer(policy, targets, headers, &body, &reqs[0]).await
         }
     }
 }

@@ -41,15 +41,57 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
     })
 }
 
+/// A message's content: a string, or (as the `openai` client and LiteLLM may send it) an array
+/// of parts, of which switchyard reads text parts.
+#[derive(Deserialize, Default)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+    #[default]
+    Null,
+}
+
+#[derive(Deserialize)]
+pub struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct WireMessage {
+    role: String,
+    #[serde(default)]
+    content: Content,
+}
+
+/// `prompt`: one string, or a list of them (answered as one choice each, in order).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `logprobs`: a chat request's `true`, or a text completion's number of alternatives.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(untagged)]
+pub enum Logprobs {
+    Flag(bool),
+    Count(usize),
+}
+
 /// The fields of a chat or text completion request switchyard uses (others are ignored, as
 /// OpenAI-compatible servers do).
 #[derive(Deserialize)]
 pub struct CompletionBody {
     pub model: String,
     #[serde(default)]
-    pub messages: Option<Vec<Message>>,
+    messages: Option<Vec<WireMessage>>,
     #[serde(default)]
-    pub prompt: Option<String>,
+    prompt: Option<Prompt>,
     #[serde(default)]
     max_tokens: Option<usize>,
     #[serde(default)]
@@ -66,23 +108,172 @@ pub struct CompletionBody {
     pub stream: bool,
     #[serde(default)]
     stream_options: Option<Value>,
+    /// Choices per prompt.
+    #[serde(default)]
+    n: Option<usize>,
+    #[serde(default)]
+    logprobs: Option<Logprobs>,
+    #[serde(default)]
+    top_logprobs: Option<usize>,
+    /// Text completions: the prompt comes back before the completion (scored with `logprobs`).
+    #[serde(default)]
+    pub echo: bool,
+}
+
+/// The roles a chat request may use (`developer` is OpenAI's newer name for `system`).
+const ROLES: [&str; 4] = ["system", "developer", "user", "assistant"];
+
+fn invalid(param: &str, message: String) -> Box<Response> {
+    Box::new(error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        message,
+        Some(param),
+    ))
+}
+
+impl WireMessage {
+    /// The message as the model reads it: text parts joined; a role the server does not know,
+    /// or a part that is not text, is refused naming the field.
+    fn message(&self, i: usize) -> Result<Message, Box<Response>> {
+        if !ROLES.contains(&self.role.as_str()) {
+            return Err(invalid(
+                &format!("messages[{i}].role"),
+                format!("unknown role `{}` (one of {})", self.role, ROLES.join(", ")),
+            ));
+        }
+        let content = match &self.content {
+            Content::Text(t) => t.clone(),
+            Content::Null => String::new(),
+            Content::Parts(parts) => {
+                let mut text = String::new();
+                for (j, p) in parts.iter().enumerate() {
+                    match (p.kind.as_str(), &p.text) {
+                        ("text", Some(t)) => text.push_str(t),
+                        (kind, _) => {
+                            return Err(invalid(
+                                &format!("messages[{i}].content[{j}]"),
+                                format!(
+                                    "content parts of type `{kind}` are not supported (only `text`)"
+                                ),
+                            ));
+                        }
+                    }
+                }
+                text
+            }
+        };
+        let role = if self.role == "developer" {
+            "system"
+        } else {
+            &self.role
+        };
+        Ok(Message::new(role, &content))
+    }
 }
 
 impl CompletionBody {
-    /// The request for these messages (`raw`: a text completion's prompt, no chat template).
-    pub fn request(&self, messages: Vec<Message>, raw: bool) -> ChatRequest {
-        ChatRequest {
-            messages,
-            max_tokens: self
-                .max_completion_tokens
-                .or(self.max_tokens)
-                .unwrap_or(256),
-            temperature: self.temperature.unwrap_or(1.0),
-            top_p: self.top_p.unwrap_or(1.0),
-            seed: self.seed,
-            stop: self.stop.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
-            raw,
+    pub fn choices(&self) -> usize {
+        self.n.unwrap_or(1)
+    }
+
+    /// Top-N alternatives per token, when log-probabilities are asked for.
+    pub fn logprobs(&self) -> Option<usize> {
+        match self.logprobs? {
+            Logprobs::Flag(false) => None,
+            Logprobs::Flag(true) => Some(self.top_logprobs.unwrap_or(0)),
+            Logprobs::Count(n) => Some(n),
         }
+    }
+
+    /// Every request the body asks for, checked: one per prompt and choice (choice `i` samples
+    /// with `seed + i`). A chat body needs messages; a text completion a prompt.
+    pub fn requests(&self, chat: bool) -> Result<Vec<ChatRequest>, Box<Response>> {
+        if let Some(t) = self.temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return Err(invalid("temperature", format!("{t} is not in [0, 2]")));
+        }
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return Err(invalid("top_p", format!("{p} is not in (0, 1]")));
+        }
+        let n = self.choices();
+        if !(1..=16).contains(&n) {
+            return Err(invalid("n", format!("{n} is not in 1..=16")));
+        }
+        if n > 1 && self.stream {
+            return Err(invalid(
+                "n",
+                "more than one choice is served without streaming".into(),
+            ));
+        }
+        if let Some(k) = self.top_logprobs {
+            if k > 20 {
+                return Err(invalid("top_logprobs", format!("{k} is more than 20")));
+            }
+            if !matches!(self.logprobs, Some(Logprobs::Flag(true))) {
+                return Err(invalid("top_logprobs", "needs `logprobs: true`".into()));
+            }
+        }
+        if matches!(self.logprobs, Some(Logprobs::Count(k)) if k > 20) {
+            return Err(invalid("logprobs", "at most 20 alternatives".into()));
+        }
+        let prompts: Vec<Vec<Message>> = if chat {
+            let msgs = match &self.messages {
+                Some(m) if !m.is_empty() => m,
+                _ => {
+                    return Err(invalid(
+                        "messages",
+                        "`messages` must be a non-empty list".into(),
+                    ));
+                }
+            };
+            let msgs = msgs
+                .iter()
+                .enumerate()
+                .map(|(i, m)| m.message(i))
+                .collect::<Result<Vec<_>, _>>()?;
+            vec![msgs]
+        } else {
+            if self.stream {
+                return Err(invalid(
+                    "stream",
+                    "streaming is served for chat completions only".into(),
+                ));
+            }
+            match &self.prompt {
+                Some(Prompt::One(p)) => vec![vec![Message::new("user", p)]],
+                Some(Prompt::Many(ps)) if !ps.is_empty() => {
+                    ps.iter().map(|p| vec![Message::new("user", p)]).collect()
+                }
+                _ => return Err(invalid("prompt", "`prompt` is required".into())),
+            }
+        };
+        let mut out = Vec::with_capacity(prompts.len() * n);
+        for messages in prompts {
+            for i in 0..n {
+                out.push(ChatRequest {
+                    messages: messages.clone(),
+                    max_tokens: self
+                        .max_completion_tokens
+                        .or(self.max_tokens)
+                        .unwrap_or(256),
+                    temperature: self.temperature.unwrap_or(1.0),
+                    top_p: self.top_p.unwrap_or(1.0),
+                    seed: match (self.seed, i) {
+                        (s, 0) => s,
+                        (s, i) => Some(s.unwrap_or(0).wrapping_add(i as u64)),
+                    },
+                    stop: self.stop.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
+                    raw: !chat,
+                    logprobs: self.logprobs(),
+                    echo: !chat && self.echo,
+                });
+            }
+        }
+        Ok(out)
     }
 
     pub fn include_usage(&self) -> bool {
@@ -150,11 +341,57 @@ pub fn provider_error(e: &ProviderError) -> Response {
 }
 
 fn usage(r: &ChatResponse) -> Value {
-    let (p, c) = (
-        r.prompt_tokens.unwrap_or(0),
-        r.completion_tokens.unwrap_or(0),
-    );
+    usage_of(std::slice::from_ref(r))
+}
+
+fn usage_of(rs: &[ChatResponse]) -> Value {
+    let p: u64 = rs.iter().map(|r| r.prompt_tokens.unwrap_or(0)).sum();
+    let c: u64 = rs.iter().map(|r| r.completion_tokens.unwrap_or(0)).sum();
     json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
+}
+
+/// A chat choice's `logprobs`: `{"content": [...]}` in OpenAI's shape.
+fn chat_logprobs(r: &ChatResponse) -> Value {
+    match &r.logprobs {
+        Some(lp) => json!({ "content": lp }),
+        None => Value::Null,
+    }
+}
+
+/// A text completion's `logprobs` (the legacy shape: `tokens`, `token_logprobs`,
+/// `top_logprobs` as maps, `text_offset`), the echoed prompt's tokens first.
+fn text_logprobs(r: &ChatResponse, prompt: &str) -> Value {
+    if r.logprobs.is_none() && r.prompt_logprobs.is_none() {
+        return Value::Null;
+    }
+    let (mut tokens, mut lps, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
+    let top_map = |top: &[crate::generate::TopLogprob]| -> Value {
+        top.iter()
+            .map(|t| (t.token.clone(), json!(t.logprob)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let mut at = 0;
+    if let Some(p) = &r.prompt_logprobs {
+        for t in p {
+            tokens.push(json!(t.token));
+            lps.push(json!(t.logprob));
+            tops.push(match t.logprob {
+                None => Value::Null,
+                Some(_) => top_map(&t.top_logprobs),
+            });
+            offsets.push(json!(t.offset));
+        }
+        at = prompt.len();
+    }
+    for t in r.logprobs.iter().flatten() {
+        tokens.push(json!(t.token));
+        lps.push(json!(t.logprob));
+        tops.push(top_map(&t.top_logprobs));
+        offsets.push(json!(at));
+        at += t.token.len();
+    }
+    json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
 }
 
 /// Who answered: the target, the route, and how many targets were tried.
@@ -175,28 +412,46 @@ pub fn with_headers(
     resp
 }
 
-/// A completion (or its stream, all at once) in OpenAI's shape.
-pub fn completion_response(
-    r: &ChatResponse,
+/// Completions in OpenAI's shape: a choice per answer (with its index), usage summed. A text
+/// completion with `echo` starts with its prompt; `logprobs` are there when they were asked for.
+pub fn completions_response(
+    answers: &[(ChatRequest, ChatResponse)],
     model: &str,
     chat: bool,
-    stream: bool,
-    include_usage: bool,
 ) -> Response {
     let id = format!("chatcmpl-{:016x}", rand::random::<u64>());
+    let choices: Vec<Value> = answers
+        .iter()
+        .enumerate()
+        .map(|(i, (req, r))| {
+            let finish = r.finish_reason.clone().unwrap_or_else(|| "stop".into());
+            if chat {
+                json!({"index": i, "message": {"role": "assistant", "content": r.text},
+                       "finish_reason": finish, "logprobs": chat_logprobs(r)})
+            } else {
+                let prompt = req.messages.first().map_or("", |m| m.content.as_str());
+                let text = if req.echo {
+                    format!("{prompt}{}", r.text)
+                } else {
+                    r.text.clone()
+                };
+                json!({"index": i, "text": text, "finish_reason": finish,
+                       "logprobs": text_logprobs(r, prompt)})
+            }
+        })
+        .collect();
+    let responses: Vec<ChatResponse> = answers.iter().map(|(_, r)| r.clone()).collect();
+    axum::Json(json!({
+        "id": id, "object": if chat { "chat.completion" } else { "text_completion" }, "created": now(),
+        "model": model, "choices": choices, "usage": usage_of(&responses),
+    }))
+    .into_response()
+}
+
+/// One chat answer as a stream, all at once (an answer that came whole).
+pub fn whole_stream(r: &ChatResponse, model: &str, include_usage: bool) -> Response {
+    let id = format!("chatcmpl-{:016x}", rand::random::<u64>());
     let finish = r.finish_reason.clone().unwrap_or_else(|| "stop".into());
-    if !stream {
-        let choice = if chat {
-            json!({"index": 0, "message": {"role": "assistant", "content": r.text}, "finish_reason": finish})
-        } else {
-            json!({"index": 0, "text": r.text, "finish_reason": finish})
-        };
-        return axum::Json(json!({
-            "id": id, "object": if chat { "chat.completion" } else { "text_completion" }, "created": now(),
-            "model": model, "choices": [choice], "usage": usage(r),
-        }))
-        .into_response();
-    }
     let mut events = vec![chunk(
         &id,
         model,
@@ -204,12 +459,22 @@ pub fn completion_response(
         None,
     )];
     events.push(chunk(&id, model, json!({"content": r.text}), None));
-    events.push(chunk(&id, model, json!({}), Some(&finish)));
+    events.push(finish_chunk(&id, model, r, &finish));
     if include_usage {
         events.push(usage_event(&id, model, r));
     }
     events.push("data: [DONE]\n\n".into());
     sse(Body::from(events.concat()))
+}
+
+/// The last chunk of a choice: its finish reason, and its log-probabilities when asked for.
+fn finish_chunk(id: &str, model: &str, r: &ChatResponse, finish: &str) -> String {
+    format!(
+        "data: {}\n\n",
+        json!({"id": id, "object": "chat.completion.chunk", "created": now(), "model": model,
+               "choices": [{"index": 0, "delta": {}, "finish_reason": finish,
+                            "logprobs": chat_logprobs(r)}]})
+    )
 }
 
 fn chunk(id: &str, model: &str, delta: Value, finish: Option<&str>) -> String {
@@ -281,7 +546,7 @@ pub fn forward(
         match handle.await.map(|o| o.result) {
             Ok(Ok(r)) => {
                 let finish = r.finish_reason.clone().unwrap_or_else(|| "stop".into());
-                send(chunk(&id, &model, json!({}), Some(&finish))).await;
+                send(finish_chunk(&id, &model, &r, &finish)).await;
                 if include_usage {
                     send(usage_event(&id, &model, &r)).await;
                 }

@@ -169,6 +169,16 @@ impl ModelTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Token ids and the byte offset in `text` where each token starts.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<usize>), TokenizeError> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
+        let starts = enc.get_offsets().iter().map(|(start, _)| *start).collect();
+        Ok((enc.get_ids().to_vec(), starts))
+    }
+
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizeError> {
         self.inner
             .decode(ids, skip_special)

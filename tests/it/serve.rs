@@ -86,6 +86,60 @@ fn the_openai_client_talks_to_the_local_model() {
     assert_eq!(v["unknown_model"][0], 404);
     assert_eq!(v["empty_messages"], 400);
     assert_eq!(v["wrong_key"], 401);
+    // Content parts are read as text.
+    assert_eq!(v["parts"], v["chat"]);
+    // Log-probabilities: one per token, greedy (the chosen token is the top alternative), in
+    // the answer's order.
+    let lp = v["logprobs"].as_array().unwrap();
+    assert_eq!(lp.len(), 5, "{v}");
+    let text: String = lp.iter().map(|t| t[0].as_str().unwrap()).collect();
+    assert_eq!(text, v["logprobs_text"].as_str().unwrap());
+    for t in lp {
+        assert_eq!(t[2].as_array().unwrap().len(), 3);
+        assert_eq!(t[0], t[2][0], "greedy: {t}");
+        assert!(t[1].as_f64().unwrap() <= 0.0);
+    }
+    assert_eq!(v["n"], serde_json::json!([0, 1, 2]));
+    for field in ["role", "temperature", "top_p"] {
+        assert_eq!(v["bad"][field][0], 400, "{field}: {v}");
+    }
+    assert_eq!(v["bad"]["role"][1], "messages[0].role");
+    assert_eq!(v["bad"]["temperature"][1], "temperature");
+    assert_eq!(v["bad"]["top_p"][1], "top_p");
+    // The prompt echoed and scored: its tokens spell it, the first has no log-probability, the
+    // others do, each with its alternatives, and offsets point into the text.
+    let prompt = "The capital of France is Paris";
+    assert_eq!(v["echo_text"], prompt);
+    let e = &v["echo"];
+    let tokens: Vec<&str> = e["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.concat(), prompt);
+    let lps = e["token_logprobs"].as_array().unwrap();
+    assert!(lps[0].is_null() && lps[1..].iter().all(|x| x.as_f64().unwrap() <= 0.0));
+    assert!(e["top_logprobs"][0].is_null());
+    assert_eq!(e["top_logprobs"][1].as_object().unwrap().len(), 2);
+    let offsets: Vec<usize> = e["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect();
+    for (t, o) in tokens.iter().zip(&offsets) {
+        assert!(prompt[*o..].starts_with(t), "{t} at {o}");
+    }
+    // " Paris" after "The capital of France is" is the model's own top choice.
+    let last = tokens.len() - 1;
+    assert_eq!(tokens[last], " Paris");
+    let top = e["top_logprobs"][last].as_object().unwrap();
+    let best = top
+        .iter()
+        .max_by(|a, b| a.1.as_f64().unwrap().total_cmp(&b.1.as_f64().unwrap()))
+        .unwrap();
+    assert_eq!(best.0, " Paris");
     // A body over the limit is refused with an OpenAI-style error.
     let big = format!(
         "{{\"model\": \"smollm2\", \"messages\": [{{\"role\": \"user\", \"content\": \"{}\"}}]}}",
