@@ -170,7 +170,7 @@ fn print_report(r: &switchyard::eval::RunReport) {
         r.out.display()
     );
     println!(
-        "{:<18} {:<14} {:<22} {:>5} {:>23} {:>9} {:>9} {:>10} {:>6}",
+        "{:<18} {:<14} {:<22} {:>5} {:>23} {:>9} {:>9} {:>10} {:>6}  log-likelihood",
         "suite",
         "tag",
         "target",
@@ -179,11 +179,21 @@ fn print_report(r: &switchyard::eval::RunReport) {
         "p50 lat",
         "p50 ttft",
         "$/1k req",
-        "errors"
+        "errors",
     );
     for s in r.summary.iter() {
+        let likelihood = [
+            s.acc_norm.map(|v| format!("acc_norm {:.1}%", 100.0 * v)),
+            s.perplexity.map(|v| format!("perplexity {v:.3}")),
+            s.bits_per_byte.map(|v| format!("bits/byte {v:.4}")),
+            s.word_perplexity.map(|v| format!("word perplexity {v:.2}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(", ");
         println!(
-            "{:<18} {:<14} {:<22} {:>5} {:>23} {:>9} {:>9} {:>10} {:>6}",
+            "{:<18} {:<14} {:<22} {:>5} {:>23} {:>9} {:>9} {:>10} {:>6}  {likelihood}",
             clip(&s.suite, 18),
             clip(&s.tag, 14),
             clip(&s.target, 22),

@@ -12,7 +12,7 @@ use crate::util::{FileError, write_atomic, write_json};
 
 /// One answered (or failed) case × target × repeat. The file format of `results.jsonl` and the
 /// columns of `results.parquet`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct ResultRow {
     pub run_id: String,
     pub suite: String,
@@ -53,6 +53,18 @@ pub struct ResultRow {
     pub cached: bool,
     /// Unix time the row was written.
     pub finished_at: f64,
+    /// Log-likelihood suites: each continuation's log-likelihood (a choice's, or the reference's,
+    /// or the whole text's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loglikelihoods: Option<Vec<f64>>,
+    /// `multiple_choice`: `acc_norm` (the choice after dividing by each choice's length).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc_norm: Option<f64>,
+    /// `loglikelihood_rolling`: the text's bytes and words (for bits per byte, word perplexity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scored_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scored_words: Option<u64>,
 }
 
 impl ResultRow {
@@ -92,6 +104,42 @@ pub struct SummaryRow {
     pub cost_per_1k_requests_usd: Option<f64>,
     pub cost_total_usd: Option<f64>,
     pub cached: usize,
+    /// `multiple_choice`: mean `acc_norm` (`mean_score` is `acc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc_norm: Option<f64>,
+    /// `loglikelihood`: `exp(−mean log-likelihood)` of the references.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<f64>,
+    /// `loglikelihood_rolling`: −Σ log-likelihood / (bytes · ln 2), and `exp(−Σ ll / words)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bits_per_byte: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub word_perplexity: Option<f64>,
+}
+
+/// A group's log-likelihood metrics: mean `acc_norm`, the references' perplexity, and bits per
+/// byte and word perplexity of scored texts (each None where no row has what it needs).
+fn likelihood_metrics(ok: &[&&ResultRow]) -> [Option<f64>; 4] {
+    let acc_norm = opt_mean(ok.iter().filter_map(|r| r.acc_norm));
+    let refs: Vec<f64> = ok
+        .iter()
+        .filter(|r| r.acc_norm.is_none() && r.scored_bytes.is_none())
+        .filter_map(|r| r.loglikelihoods.as_ref()?.first().copied())
+        .collect();
+    let perplexity = opt_mean(refs.into_iter()).map(|m| (-m).exp());
+    let texts: Vec<(f64, u64, u64)> = ok
+        .iter()
+        .filter_map(|r| {
+            let ll = r.loglikelihoods.as_ref()?.first().copied()?;
+            Some((ll, r.scored_bytes?, r.scored_words.unwrap_or(0)))
+        })
+        .collect();
+    let (ll, bytes, words) = texts
+        .iter()
+        .fold((0.0, 0, 0), |a, t| (a.0 + t.0, a.1 + t.1, a.2 + t.2));
+    let bpb = (bytes > 0).then(|| -ll / (bytes as f64 * std::f64::consts::LN_2));
+    let wppl = (words > 0).then(|| (-ll / words as f64).exp());
+    [acc_norm, perplexity, bpb, wppl]
 }
 
 /// One line of `comparisons.json` / `.csv`: target a − target b on the cases both answered.
@@ -159,6 +207,7 @@ pub fn summarize(rows: &[ResultRow]) -> Vec<SummaryRow> {
             let costs: Vec<f64> = ok.iter().filter_map(|r| r.cost_usd).collect();
             let errors = rs.len() - ok.len();
             let priced = !costs.is_empty() && costs.len() == ok.len();
+            let [acc_norm, perplexity, bits_per_byte, word_perplexity] = likelihood_metrics(&ok);
             SummaryRow {
                 suite,
                 tag,
@@ -189,6 +238,10 @@ pub fn summarize(rows: &[ResultRow]) -> Vec<SummaryRow> {
                     .then(|| 1000.0 * costs.iter().sum::<f64>() / costs.len() as f64),
                 cost_total_usd: priced.then(|| costs.iter().sum()),
                 cached: rs.iter().filter(|r| r.cached).count(),
+                acc_norm,
+                perplexity,
+                bits_per_byte,
+                word_perplexity,
             }
         })
         .collect()

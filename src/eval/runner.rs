@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::EvalError;
+use super::likelihood::{self, LikelihoodCase, OutputType};
 use super::results::{self, Comparison, ResultRow, SummaryRow, job_key};
 use super::scorers::{JudgeError, Judges, Verdict};
 use super::suite::{Case, Suite};
@@ -119,8 +120,138 @@ impl Ctx {
         repeat: u32,
     ) -> ResultRow {
         let req = suite.request(case, repeat);
+        let mut row = self.row(suite, case, t, repeat, req.seed);
+        if let Some(l) = &case.likelihood {
+            self.likelihood(l, t, identity, repeat, &mut row).await;
+            row.finished_at = now_s();
+            return row;
+        }
         let (out, cached) = self.ask(t, identity, &req, repeat).await;
-        let mut row = ResultRow {
+        (row.attempts, row.cached) = (out.attempts, cached);
+        match out.result {
+            Err(e) => {
+                row.error = Some(e.to_string());
+                row.reason = Some(format!(
+                    "request failed after {} attempt(s): {e}",
+                    out.attempts
+                ));
+            }
+            Ok(resp) => self.score(suite, case, t, resp, &mut row).await,
+        }
+        row.finished_at = now_s();
+        row
+    }
+
+    /// A case of a log-likelihood suite: every continuation scored (together, so that the local
+    /// model batches them), then `acc` (and `acc_norm`) or the log-likelihood.
+    async fn likelihood(
+        &self,
+        l: &LikelihoodCase,
+        t: &Target,
+        identity: &Value,
+        repeat: u32,
+        row: &mut ResultRow,
+    ) {
+        let reqs = l.requests(usize::from(t.spec.provider != "local"));
+        let outs =
+            futures_util::future::join_all(reqs.iter().map(|r| self.ask(t, identity, r, repeat)))
+                .await;
+        row.attempts = outs.iter().map(|(o, _)| o.attempts).sum();
+        row.cached = outs.iter().all(|(_, c)| *c);
+        let from = l.context.len();
+        let mut scored = Vec::with_capacity(outs.len());
+        let (mut latency, mut cost, mut prompt_tokens) = (0.0, None::<f64>, 0u64);
+        for (out, _) in outs {
+            let resp = match out.result {
+                Ok(r) => r,
+                Err(e) => {
+                    row.error = Some(e.to_string());
+                    row.reason = Some(format!("a continuation could not be scored: {e}"));
+                    return;
+                }
+            };
+            latency += resp.latency_s;
+            prompt_tokens += resp.prompt_tokens.unwrap_or(0);
+            if let Some(c) = t.cost(&resp) {
+                *cost.get_or_insert(0.0) += c;
+            }
+            let tokens = resp.prompt_logprobs.as_deref().unwrap_or_default();
+            match likelihood::continuation(tokens, from) {
+                Some(s) => scored.push(s),
+                None => {
+                    let e = format!(
+                        "`{}` sent no log-probabilities for the prompt (its server must return `echo` with `logprobs`)",
+                        t.name()
+                    );
+                    row.error = Some(e.clone());
+                    row.reason = Some(e);
+                    return;
+                }
+            }
+        }
+        row.latency_s = Some(latency);
+        row.cost_usd = cost;
+        row.prompt_tokens = Some(prompt_tokens);
+        let lls: Vec<f64> = scored.iter().map(|s| s.0).collect();
+        row.loglikelihoods = Some(lls.clone());
+        match l.output_type {
+            OutputType::MultipleChoice => {
+                let pick = likelihood::argmax(&lls);
+                let norm: Vec<f64> = lls
+                    .iter()
+                    .zip(&l.choices)
+                    .map(|(ll, c)| ll / c.chars().count().max(1) as f64)
+                    .collect();
+                let gold = l.gold.unwrap_or(0);
+                let acc = f64::from(u8::from(pick == gold));
+                let acc_norm = f64::from(u8::from(likelihood::argmax(&norm) == gold));
+                row.output = Some(l.choices[pick].clone());
+                row.reference = Some(l.choices[gold].clone());
+                row.score = Some(acc);
+                row.acc_norm = Some(acc_norm);
+                row.pass = Some(acc == 1.0);
+                if acc == 0.0 {
+                    row.reason = Some(format!(
+                        "acc: chose `{}` (log-likelihood {:.3}), the answer is `{}` ({:.3})",
+                        l.choices[pick], lls[pick], l.choices[gold], lls[gold]
+                    ));
+                }
+            }
+            OutputType::Loglikelihood => {
+                let (ll, greedy, _) = scored[0];
+                row.score = Some(f64::from(u8::from(greedy)));
+                row.pass = Some(greedy);
+                if !greedy {
+                    row.reason =
+                        Some("acc: the reference is not the model's greedy continuation".into());
+                }
+                row.output = Some(format!("{ll}"));
+            }
+            _ => {
+                // Every token of the text: the summary turns these into bits per byte.
+                let text = &l.continuations[0];
+                row.scored_bytes = Some(text.len() as u64);
+                row.scored_words = Some(text.split_whitespace().count() as u64);
+            }
+        }
+        row.verdicts = serde_json::to_string(&serde_json::json!({
+            "loglikelihoods": lls,
+            "greedy": scored.iter().map(|s| s.1).collect::<Vec<_>>(),
+            "tokens": scored.iter().map(|s| s.2).collect::<Vec<_>>(),
+        }))
+        .unwrap_or_default();
+    }
+
+    /// A row for a case and target, to be filled in.
+    fn row(
+        &self,
+        suite: &Suite,
+        case: &Case,
+        t: &Target,
+        repeat: u32,
+        seed: Option<u64>,
+    ) -> ResultRow {
+        ResultRow {
             run_id: self.run_id.clone(),
             suite: suite.name().to_string(),
             case_id: case.id.clone(),
@@ -130,7 +261,7 @@ impl Ctx {
             provider: t.spec.provider.clone(),
             model: t.spec.model.clone(),
             repeat,
-            seed: req.seed,
+            seed,
             prompt_hash: case.prompt_hash.clone(),
             prompt: serde_json::to_string(&case.messages).unwrap_or_default(),
             output: None,
@@ -148,22 +279,11 @@ impl Ctx {
             compute_s: None,
             finish_reason: None,
             error: None,
-            attempts: out.attempts,
-            cached,
+            attempts: 0,
+            cached: false,
             finished_at: 0.0,
-        };
-        match out.result {
-            Err(e) => {
-                row.error = Some(e.to_string());
-                row.reason = Some(format!(
-                    "request failed after {} attempt(s): {e}",
-                    out.attempts
-                ));
-            }
-            Ok(resp) => self.score(suite, case, t, resp, &mut row).await,
+            ..Default::default()
         }
-        row.finished_at = now_s();
-        row
     }
 
     async fn score(
@@ -302,6 +422,21 @@ pub async fn run(
     observer: &mut dyn EvalObserver,
 ) -> Result<RunReport, EvalError> {
     let started = Instant::now();
+    for s in suites
+        .iter()
+        .filter(|s| s.file.output_type != OutputType::GenerateUntil)
+    {
+        if let Some(t) = targets.iter().find(|t| !t.scores_prompts()) {
+            return Err(EvalError::Suite {
+                path: s.path.clone(),
+                detail: format!(
+                    "target `{}` ({}) answers chat completions only, and a log-likelihood suite needs the prompt's log-probabilities: ask the local model, or an OpenAI-compatible `/v1/completions` that returns them with `echo` (vLLM, llama.cpp's server, `switchyard serve`; provider `openai-compatible`)",
+                    t.name(),
+                    t.spec.provider
+                ),
+            });
+        }
+    }
     std::fs::create_dir_all(&opts.out).map_err(|e| EvalError::io(&opts.out, e))?;
     let results_path = opts.out.join("results.jsonl");
     let repeats = |s: &Suite| opts.repeats.unwrap_or_else(|| s.repeats());

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::EvalError;
+use super::likelihood::{self, LikelihoodCase, OutputType};
 use super::scorers::{Scorer, ScorerSpec};
 use crate::data::load::{self, Row};
 use crate::providers::ChatRequest;
@@ -116,7 +117,38 @@ pub struct SuiteFile {
     pub pass_threshold: Option<f64>,
     #[serde(default)]
     pub generation: GenerationSpec,
+    /// How a case is answered: `generate_until` (generation, judged by `scorers`), or one of
+    /// lm-evaluation-harness's log-likelihood types (`multiple_choice`, `loglikelihood`,
+    /// `loglikelihood_rolling`: the prompt is plain text, scored by the model's log-probs).
+    #[serde(default)]
+    pub output_type: OutputType,
+    /// `multiple_choice`: the choices, as templates over the case (`["A", "B", "C", "D"]`)…
+    #[serde(default)]
+    pub choices: Option<Vec<String>>,
+    /// …or a column holding a list of them.
+    #[serde(default)]
+    pub choices_column: Option<String>,
+    /// `multiple_choice`: the column naming the right choice, by its index or its text (`"B"`).
+    #[serde(default)]
+    pub gold: Option<String>,
+    /// Log-likelihood types: a template before each context (lm-eval's `description`).
+    #[serde(default)]
+    pub preamble: Option<String>,
+    /// Between a context and a choice (lm-eval's `target_delimiter`).
+    #[serde(default = "space")]
+    pub target_delimiter: String,
+    /// Between few-shot examples (lm-eval's `fewshot_delimiter`).
+    #[serde(default = "two_newlines")]
+    pub fewshot_delimiter: String,
+    #[serde(default)]
     pub scorers: Vec<ScorerSpec>,
+}
+
+fn space() -> String {
+    " ".into()
+}
+fn two_newlines() -> String {
+    "\n\n".into()
 }
 
 /// One case, ready to ask.
@@ -129,6 +161,8 @@ pub struct Case {
     pub messages: Vec<Message>,
     pub reference: Option<String>,
     pub prompt_hash: String,
+    /// What a log-likelihood suite scores (None for `generate_until`).
+    pub likelihood: Option<LikelihoodCase>,
 }
 
 /// A loaded suite: its file, scorers checked, cases built.
@@ -148,7 +182,7 @@ fn resolve(suite: &Path, p: &Path) -> PathBuf {
     }
 }
 
-fn render(
+pub(crate) fn render(
     env: &minijinja::Environment,
     template: &str,
     row: &Row,
@@ -170,7 +204,7 @@ fn inline_rows(path: &Path, cases: &[Map<String, Value>]) -> Vec<Row> {
         .collect()
 }
 
-fn cell(v: &Value) -> Option<String> {
+pub(crate) fn cell(v: &Value) -> Option<String> {
     match v {
         Value::Null => None,
         Value::String(s) => Some(s.clone()),
@@ -202,7 +236,8 @@ impl Suite {
                 "set exactly one of `dataset` (a file of cases) or inline `[[cases]]`".into(),
             ));
         }
-        if file.scorers.is_empty() {
+        likelihood::check(&file).map_err(err)?;
+        if file.output_type == OutputType::GenerateUntil && file.scorers.is_empty() {
             return Err(err("at least one [[scorers]] entry is needed".into()));
         }
         if file.few_shot.is_some() && file.user.is_none() {
@@ -338,7 +373,29 @@ impl Suite {
             None => row.line.to_string(),
         };
         let mut tags = f.tags.clone();
-        tags.extend(tag_value);
+        tags.extend(tag_value.clone());
+        let likelihood = if f.output_type == OutputType::GenerateUntil {
+            None
+        } else {
+            let shots: Vec<&Row> = match &f.few_shot {
+                Some(fs) => shots
+                    .iter()
+                    .filter(|s| {
+                        !fs.per_tag
+                            || f.tag_column
+                                .as_ref()
+                                .and_then(|c| s.fields.get(c))
+                                .and_then(cell)
+                                == tag_value
+                    })
+                    .take(fs.n.unwrap_or(usize::MAX))
+                    .collect(),
+                None => Vec::new(),
+            };
+            let l = likelihood::case(f, env, row, &shots, reference.as_deref())?;
+            msgs = vec![Message::new("user", &l.context)];
+            Some(l)
+        };
         Ok(Case {
             id,
             line: row.line,
@@ -346,6 +403,7 @@ impl Suite {
             prompt_hash: prompt_hash(&msgs),
             messages: msgs,
             reference,
+            likelihood,
         })
     }
 

@@ -348,38 +348,49 @@ impl Engine {
     /// Every token of `ids` with its log-probability given those before it, and the `top` most
     /// likely tokens at its position; `offsets` are where the tokens start in their text.
     pub fn score(&self, ids: &[u32], offsets: &[usize], top: usize) -> Vec<ScoredToken> {
-        let dists = match ids.len() {
+        // Logits of every position but the last, each predicting the token after it.
+        let logits = match ids.len() {
             0 | 1 => Vec::new(),
-            n => self.next_token_logprobs(&ids[..n - 1], n - 1),
+            n => self
+                .model
+                .sequence_logits(&ids[..n - 1], n - 1, &self.device),
+        };
+        let lse = |l: &[f32]| -> f32 {
+            let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f64 = l.iter().map(|&x| ((x - max) as f64).exp()).sum();
+            (max as f64 + sum.ln()) as f32
         };
         ids.iter()
             .enumerate()
             .map(|(i, &id)| {
                 let (token, _) = self.token_repr(id);
                 let offset = offsets.get(i).copied().unwrap_or(0);
-                match i.checked_sub(1).and_then(|p| dists.get(p)) {
+                match i.checked_sub(1).and_then(|p| logits.get(p)) {
                     None => ScoredToken {
                         token,
                         logprob: None,
                         top_logprobs: Vec::new(),
                         offset,
                     },
-                    Some(d) => ScoredToken {
-                        token,
-                        logprob: Some(d[id as usize]),
-                        top_logprobs: top_n(d, top)
-                            .into_iter()
-                            .map(|j| {
-                                let (token, bytes) = self.token_repr(j as u32);
-                                TopLogprob {
-                                    token,
-                                    logprob: d[j],
-                                    bytes,
-                                }
-                            })
-                            .collect(),
-                        offset,
-                    },
+                    Some(l) => {
+                        let z = lse(l);
+                        ScoredToken {
+                            token,
+                            logprob: Some(l[id as usize] - z),
+                            top_logprobs: top_n(l, top)
+                                .into_iter()
+                                .map(|j| {
+                                    let (token, bytes) = self.token_repr(j as u32);
+                                    TopLogprob {
+                                        token,
+                                        logprob: l[j] - z,
+                                        bytes,
+                                    }
+                                })
+                                .collect(),
+                            offset,
+                        }
+                    }
                 }
             })
             .collect()

@@ -115,7 +115,11 @@ fn run_batch(engine: &Engine, jobs: Vec<Job>) {
                 .and_then(|text| engine.tokenizer.encode_with_offsets(&text))
         };
         match encoded {
-            Ok((t, o)) => {
+            Ok((mut t, mut o)) => {
+                if job.req.bos {
+                    t.insert(0, engine.tokenizer.bos_id());
+                    o.insert(0, 0);
+                }
                 ids.push(t);
                 offsets.push(o);
                 ok_jobs.push(job);

@@ -50,6 +50,11 @@ pub struct ChatRequest {
     /// A raw prompt's own tokens scored and sent back (OpenAI completions' `echo`).
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub echo: bool,
+    /// Score every token of a raw prompt: the model's BOS token goes first (lm-eval's prefix
+    /// token for rolling log-likelihood). The local model only; endpoints score from the second
+    /// token.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub bos: bool,
 }
 
 /// A provider's answer, with what it cost in tokens and time.

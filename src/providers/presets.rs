@@ -29,6 +29,9 @@ pub struct Preset {
     pub seed_field: Option<&'static str>,
     /// Send `stream_options.include_usage` to get token counts at the end of a stream.
     pub stream_usage: bool,
+    /// Its `/v1/completions` returns the prompt's log-probabilities (`echo` with `logprobs`),
+    /// which log-likelihood suites need; chat-only endpoints do not.
+    pub prompt_logprobs: bool,
     pub docs: &'static str,
 }
 
@@ -42,8 +45,14 @@ const fn preset(name: &'static str, base_url: &'static str, api_key_env: &'stati
         max_tokens_field: "max_tokens",
         seed_field: Some("seed"),
         stream_usage: true,
+        prompt_logprobs: false,
         docs: "",
     }
+}
+
+const fn scoring(mut p: Preset) -> Preset {
+    p.prompt_logprobs = true;
+    p
 }
 
 const fn local(mut p: Preset) -> Preset {
@@ -60,19 +69,19 @@ pub const PRESETS: &[Preset] = &[
     },
     Preset {
         docs: "Together AI",
-        ..preset(
+        ..scoring(preset(
             "together",
             "https://api.together.xyz/v1",
             "TOGETHER_API_KEY",
-        )
+        ))
     },
     Preset {
         docs: "Fireworks AI; models as `accounts/fireworks/models/NAME`",
-        ..preset(
+        ..scoring(preset(
             "fireworks",
             "https://api.fireworks.ai/inference/v1",
             "FIREWORKS_API_KEY",
-        )
+        ))
     },
     Preset {
         docs: "Groq",
@@ -100,7 +109,11 @@ pub const PRESETS: &[Preset] = &[
     },
     Preset {
         docs: "a vLLM server (`vllm serve`)",
-        ..local(preset("vllm", "http://127.0.0.1:8000/v1", "VLLM_API_KEY"))
+        ..scoring(local(preset(
+            "vllm",
+            "http://127.0.0.1:8000/v1",
+            "VLLM_API_KEY",
+        )))
     },
     Preset {
         docs: "an Ollama server",
@@ -112,11 +125,11 @@ pub const PRESETS: &[Preset] = &[
     },
     Preset {
         docs: "a llama.cpp server (`llama-server`, or `python -m llama_cpp.server`)",
-        ..local(preset(
+        ..scoring(local(preset(
             "llamacpp",
             "http://127.0.0.1:8080/v1",
             "LLAMA_API_KEY",
-        ))
+        )))
     },
     Preset {
         docs: "a LiteLLM proxy",
@@ -128,7 +141,7 @@ pub const PRESETS: &[Preset] = &[
     },
     Preset {
         docs: "any OpenAI-compatible endpoint: set `base_url` (and `api_key_env` if it needs a key)",
-        ..local(preset("openai-compatible", "", "OPENAI_API_KEY"))
+        ..scoring(local(preset("openai-compatible", "", "OPENAI_API_KEY")))
     },
 ];
 

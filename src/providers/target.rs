@@ -283,6 +283,13 @@ impl Target {
         self.concurrency
     }
 
+    /// Whether the target can score a prompt (log-likelihood suites): the local model, or an
+    /// endpoint whose `/v1/completions` returns prompt log-probabilities.
+    pub fn scores_prompts(&self) -> bool {
+        self.spec.provider == "local"
+            || presets::find(&self.spec.provider).is_some_and(|p| p.prompt_logprobs)
+    }
+
     /// What identifies this target's answers in a response cache (never a secret).
     pub fn identity(&self) -> Value {
         self.provider.identity()

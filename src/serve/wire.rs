@@ -270,6 +270,7 @@ impl CompletionBody {
                     raw: !chat,
                     logprobs: self.logprobs(),
                     echo: !chat && self.echo,
+                    bos: false,
                 });
             }
         }

@@ -185,6 +185,16 @@ impl ModelTokenizer {
             .map_err(|e| TokenizeError::Tokenizer(e.to_string()))
     }
 
+    /// The token that starts a text: BOS when the tokenizer has one, else the first EOS (what
+    /// lm-evaluation-harness puts before a text it scores whole).
+    pub fn bos_id(&self) -> u32 {
+        self.bos_token
+            .as_deref()
+            .and_then(|t| self.inner.token_to_id(t))
+            .or_else(|| self.eos_ids.first().copied())
+            .unwrap_or(0)
+    }
+
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }

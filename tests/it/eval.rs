@@ -146,3 +146,171 @@ fn a_suite_with_an_unknown_key_names_it() {
         "{e}"
     );
 }
+
+/// The log-likelihood of each choice of the first 20 MMLU questions, against lm-evaluation-harness
+/// on the same weights (`scripts/lm_eval_reference.py`): the same choice on every question, the
+/// same `acc` and `acc_norm`, and log-likelihoods within 2e-3.
+#[test]
+fn multiple_choice_by_log_likelihood_agrees_with_lm_evaluation_harness() {
+    let reference = crate::common::read_json("lm_eval/mmlu_reference.json");
+    let want: std::collections::HashMap<&str, &serde_json::Value> = reference["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["id"].as_str().unwrap(), c))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = dir.path().join("out");
+    cli_ok(
+        cli()
+            .current_dir(root)
+            .args(["eval", "evals/mmlu-loglikelihood.toml", "--limit", "20"])
+            .args(["--no-cache", "--out"])
+            .arg(&out),
+    );
+    let rows = read_rows(&out.join("results.jsonl"));
+    assert_eq!(rows.len(), 20);
+    let (mut worst, mut acc, mut acc_ref, mut norm, mut norm_ref) = (0f64, 0.0, 0.0, 0.0, 0.0);
+    for r in &rows {
+        let id = r["case_id"].as_str().unwrap();
+        let w = want[id];
+        let got: Vec<f64> = serde_json::from_value(r["loglikelihoods"].clone()).unwrap();
+        let lm: Vec<f64> = serde_json::from_value(w["loglikelihoods"].clone()).unwrap();
+        for (a, b) in got.iter().zip(&lm) {
+            worst = worst.max((a - b).abs());
+        }
+        let pick = |v: &[f64]| {
+            v.iter()
+                .enumerate()
+                .fold(0, |b, (i, x)| if *x > v[b] { i } else { b })
+        };
+        assert_eq!(pick(&got), pick(&lm), "{id}: {got:?} vs lm-eval {lm:?}");
+        assert_eq!(r["score"].as_f64(), w["acc"].as_f64(), "{id}");
+        assert_eq!(r["acc_norm"].as_f64(), w["acc_norm"].as_f64(), "{id}");
+        acc += r["score"].as_f64().unwrap();
+        norm += r["acc_norm"].as_f64().unwrap();
+        acc_ref += w["acc"].as_f64().unwrap();
+        norm_ref += w["acc_norm"].as_f64().unwrap();
+    }
+    assert!(worst < 2e-3, "max |Δ log-likelihood| = {worst}");
+    assert_eq!((acc, norm), (acc_ref, norm_ref));
+    eprintln!("20 questions: acc {acc}/20, acc_norm {norm}/20; max |Δ ll| = {worst:.2e}");
+    let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
+    assert!(summary.contains("\"acc_norm\""), "{summary}");
+}
+
+/// A chat-only endpoint cannot give prompt log-probabilities: the run is refused before any
+/// request, saying why.
+#[test]
+fn a_log_likelihood_suite_refuses_a_chat_only_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = crate::common::run(
+        crate::common::in_dir(dir.path())
+            .arg("eval")
+            .arg(root.join("evals/mmlu-loglikelihood.toml"))
+            .args(["-t", "ollama:llama3", "--limit", "2"]),
+    );
+    assert!(!o.ok);
+    assert!(
+        o.stderr.contains("`ollama:llama3`") && o.stderr.contains("chat completions only"),
+        "{}",
+        o.stderr
+    );
+}
+
+/// `loglikelihood` and `loglikelihood_rolling` on the tiny model: the reference's log-likelihood
+/// and greedy flag, and bits per byte over whole texts, as the model's own scores give them.
+#[test]
+fn loglikelihood_and_rolling_suites_score_what_the_model_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = crate::common::tiny_model("llama3", d);
+    std::fs::write(
+        d.join("ll.toml"),
+        "name = \"ll\"\noutput_type = \"loglikelihood\"\nuser = \"{{ q }}\"\nreference = \"a\"\n\
+         [[cases]]\nq = \"The sky is\"\na = \"blue\"\n[[cases]]\nq = \"One, two,\"\na = \"three\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("rolling.toml"),
+        "name = \"rolling\"\noutput_type = \"loglikelihood_rolling\"\nuser = \"{{ text }}\"\n\
+         [[cases]]\ntext = \"A short text to score.\"\n[[cases]]\ntext = \"And another one, longer than the first.\"\n",
+    )
+    .unwrap();
+    cli_ok(
+        crate::common::in_dir(d)
+            .args(["eval", "ll.toml", "rolling.toml", "--model"])
+            .arg(&model)
+            .args(["--no-cache", "--out", "out"]),
+    );
+    let rows = read_rows(&d.join("out/results.jsonl"));
+    let engine = switchyard::generate::Engine::load(
+        switchyard::load::files::open_folder(&model, "tiny").unwrap(),
+        &crate::common::cpu(),
+    )
+    .unwrap();
+    let tok = &engine.tokenizer;
+    let (mut ll_sum, mut bytes) = (0f64, 0usize);
+    for r in &rows {
+        let got = r["loglikelihoods"][0].as_f64().unwrap();
+        if r["suite"] == "ll" {
+            // The context, then " " + the reference: its tokens' log-probabilities.
+            let (ctx, cont) = if r["case_id"] == "1" {
+                ("The sky is", " blue")
+            } else {
+                ("One, two,", " three")
+            };
+            let (ids, offsets) = tok.encode_with_offsets(&format!("{ctx}{cont}")).unwrap();
+            let scored = engine.score(&ids, &offsets, 1);
+            let want: f64 = scored
+                .iter()
+                .filter(|t| t.offset >= ctx.len())
+                .map(|t| t.logprob.unwrap() as f64)
+                .sum();
+            assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+            let greedy = scored
+                .iter()
+                .filter(|t| t.offset >= ctx.len())
+                .all(|t| t.top_logprobs[0].token == t.token);
+            assert_eq!(r["score"].as_f64(), Some(f64::from(u8::from(greedy))));
+        } else {
+            // Every token of the text, the first predicted from the BOS token.
+            let text = if r["case_id"] == "1" {
+                "A short text to score."
+            } else {
+                "And another one, longer than the first."
+            };
+            let (mut ids, mut offsets) = tok.encode_with_offsets(text).unwrap();
+            ids.insert(0, tok.bos_id());
+            offsets.insert(0, 0);
+            let want: f64 = engine
+                .score(&ids, &offsets, 0)
+                .iter()
+                .filter_map(|t| t.logprob.map(f64::from))
+                .sum();
+            assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+            assert_eq!(r["scored_bytes"].as_u64(), Some(text.len() as u64));
+            ll_sum += got;
+            bytes += text.len();
+        }
+    }
+    let summary: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(d.join("out/summary.json")).unwrap())
+            .unwrap();
+    let rolling = summary
+        .iter()
+        .find(|s| s["suite"] == "rolling" && s["tag"] == "all")
+        .unwrap();
+    let bpb = -ll_sum / (bytes as f64 * std::f64::consts::LN_2);
+    assert!(
+        (rolling["bits_per_byte"].as_f64().unwrap() - bpb).abs() < 1e-9,
+        "{rolling}"
+    );
+    let ll = summary
+        .iter()
+        .find(|s| s["suite"] == "ll" && s["tag"] == "all")
+        .unwrap();
+    assert!(ll["perplexity"].as_f64().unwrap() > 1.0, "{ll}");
+}

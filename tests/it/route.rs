@@ -39,6 +39,7 @@ fn row(target: &str, case: usize, score: f64, cost: f64) -> ResultRow {
         attempts: 1,
         cached: false,
         finished_at: 0.0,
+        ..Default::default()
     }
 }
 

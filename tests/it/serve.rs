@@ -187,6 +187,50 @@ fn the_openai_client_talks_to_the_local_model() {
             ]),
     );
     assert!(out.contains("100.0%"), "{out}");
+
+    // A log-likelihood suite through the server's `/v1/completions` with `echo` and `logprobs`:
+    // the same log-likelihoods lm-evaluation-harness gives on the same weights.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate::common::cli_ok(
+        crate::common::cli()
+            .current_dir(d)
+            .env("SERVE_KEY", KEY)
+            .arg("eval")
+            .arg(root.join("evals/mmlu-loglikelihood.toml"))
+            .args([
+                "--targets-file",
+                "targets.toml",
+                "-t",
+                "served",
+                "--limit",
+                "3",
+            ])
+            .args(["--no-cache", "--out", "ll"]),
+    );
+    let reference = crate::common::read_json("lm_eval/mmlu_reference.json");
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(d.join("ll/results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3);
+    for r in &rows {
+        let want = reference["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == r["case_id"])
+            .unwrap();
+        for (a, b) in r["loglikelihoods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(want["loglikelihoods"].as_array().unwrap())
+        {
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!((a - b).abs() < 2e-3, "{}: {a} vs lm-eval {b}", r["case_id"]);
+        }
+    }
 }
 
 #[test]
