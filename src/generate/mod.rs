@@ -348,13 +348,68 @@ impl Engine {
     /// Every token of `ids` with its log-probability given those before it, and the `top` most
     /// likely tokens at its position; `offsets` are where the tokens start in their text.
     pub fn score(&self, ids: &[u32], offsets: &[usize], top: usize) -> Vec<ScoredToken> {
-        // Logits of every position but the last, each predicting the token after it.
-        let logits = match ids.len() {
-            0 | 1 => Vec::new(),
-            n => self
-                .model
-                .sequence_logits(&ids[..n - 1], n - 1, &self.device),
+        self.score_batch(&[(ids, offsets)], top).remove(0)
+    }
+
+    /// [`Self::score`] for several texts in one forward pass (left-padded, masked).
+    pub fn score_batch(&self, rows: &[(&[u32], &[usize])], top: usize) -> Vec<Vec<ScoredToken>> {
+        let longest = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
+        if longest < 2 {
+            return rows
+                .iter()
+                .map(|(ids, offsets)| self.scored(ids, offsets, &[], top))
+                .collect();
+        }
+        // Every position but the last predicts the token after it.
+        let seq = longest - 1;
+        let pad_id = self.tokenizer.eos_ids.first().copied().unwrap_or(0);
+        let pad_left: Vec<usize> = rows
+            .iter()
+            .map(|(ids, _)| seq - ids.len().saturating_sub(1))
+            .collect();
+        let mut tokens = Vec::with_capacity(rows.len() * seq);
+        for ((ids, _), &pad) in rows.iter().zip(&pad_left) {
+            tokens.extend(std::iter::repeat_n(pad_id as i64, pad));
+            tokens.extend(
+                ids.iter()
+                    .take(ids.len().saturating_sub(1))
+                    .map(|&t| t as i64),
+            );
+        }
+        let mut cache = KvCache::new(self.model.num_layers(), pad_left.clone());
+        let input = Batch {
+            tokens: Tensor::from_data(TensorData::new(tokens, [rows.len(), seq]), &self.device),
+            positions: cache.positions(seq, &self.device),
+            mask: cache.mask(seq, self.model.sliding_window(), &self.device),
         };
+        let hidden = self.model.forward_hidden(input, &mut cache);
+        rows.iter()
+            .zip(&pad_left)
+            .enumerate()
+            .map(|(i, ((ids, offsets), &pad))| {
+                let n = seq - pad;
+                if n == 0 {
+                    return self.scored(ids, offsets, &[], top);
+                }
+                // One row's logits at a time: [n, vocab] on the host.
+                let row = hidden.clone().narrow(0, i, 1).narrow(1, pad, n);
+                let logits = self.model.logits(row);
+                let vocab = logits.dims()[2];
+                let flat = logits.into_data().try_to_vec::<f32>().expect("f32 logits");
+                let per_pos: Vec<&[f32]> = flat.chunks(vocab).collect();
+                self.scored(ids, offsets, &per_pos, top)
+            })
+            .collect()
+    }
+
+    /// Tokens scored from the logits before each of them (`logits[i]` predicts token `i + 1`).
+    fn scored(
+        &self,
+        ids: &[u32],
+        offsets: &[usize],
+        logits: &[&[f32]],
+        top: usize,
+    ) -> Vec<ScoredToken> {
         let lse = |l: &[f32]| -> f32 {
             let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let sum: f64 = l.iter().map(|&x| ((x - max) as f64).exp()).sum();

@@ -161,14 +161,23 @@ fn run_batch(engine: &Engine, jobs: Vec<Job>) {
     let compute = (finished - started).as_secs_f64() / ok_jobs.len() as f64;
     match result {
         Ok(Ok((gens, _))) => {
+            // Prompts scored as well (`echo`): one more pass, over all of them at once.
+            let echo: Vec<usize> = (0..ok_jobs.len())
+                .filter(|&i| ok_jobs[i].req.echo)
+                .collect();
+            let rows: Vec<(&[u32], &[usize])> = echo
+                .iter()
+                .map(|&i| (ids[i].as_slice(), offsets[i].as_slice()))
+                .collect();
+            let top = ok_jobs[0].req.logprobs.unwrap_or(0);
+            let scored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                engine.score_batch(&rows, top)
+            }));
+            let mut scored = scored.unwrap_or_default().into_iter();
             for (i, ((job, g), first)) in ok_jobs.into_iter().zip(gens).zip(first_text).enumerate()
             {
                 let since = |t: Instant| t.saturating_duration_since(job.sent).as_secs_f64();
-                // The prompt scored as well (`echo`): one more pass over it.
-                let prompt_logprobs = job
-                    .req
-                    .echo
-                    .then(|| engine.score(&ids[i], &offsets[i], job.req.logprobs.unwrap_or(0)));
+                let prompt_logprobs = echo.contains(&i).then(|| scored.next().unwrap_or_default());
                 let _ = job.reply.send(Ok(ChatResponse {
                     text: g.text,
                     prompt_tokens: Some(g.prompt_tokens as u64),
