@@ -75,6 +75,16 @@ struct DeriveArgs {
     /// evals/targets.toml when it exists).
     #[arg(long)]
     targets_file: Option<PathBuf>,
+    /// Validate out of sample: choose routes without this fraction of each task's cases and
+    /// score the policy on them (e.g. 0.3).
+    #[arg(long, conflicts_with = "folds")]
+    holdout: Option<f64>,
+    /// Or cross-fit over k folds: each fold scored by routes chosen on the others.
+    #[arg(long)]
+    folds: Option<usize>,
+    /// The seed of the split.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 impl DeriveArgs {
@@ -94,6 +104,9 @@ impl DeriveArgs {
             machine_tokens_per_s: self.machine_tokens_per_s,
             machine: self.machine.clone(),
             targets_file: self.targets_file.clone(),
+            holdout: self.holdout,
+            folds: self.folds,
+            seed: self.seed,
         }
     }
 }
@@ -159,6 +172,20 @@ fn derive_cmd(a: DeriveArgs) -> anyhow::Result<()> {
                 .map(|c| format!(" at ${c:.4} per 1k requests"))
                 .unwrap_or_default()
         );
+    }
+    if let Some(v) = &policy.validation {
+        for h in &v.suites {
+            println!(
+                "{}: out of sample ({}), {:.1}% (95% CI {:.1}–{:.1}) on {} cases, against {:.1}% in sample",
+                h.suite,
+                v.method,
+                100.0 * h.held_out_score,
+                100.0 * h.ci_low,
+                100.0 * h.ci_high,
+                h.cases,
+                100.0 * h.in_sample_score
+            );
+        }
     }
     println!("{} and {}", a.out.display(), md.display());
     Ok(())

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::economics::EconomicsInput;
+use super::validate::{self, Split};
 use super::{Constraints, Evidence, Objective, Policy, Prediction, Route, RouteError};
 use crate::eval::results::{self, ResultRow, SummaryRow};
 use crate::eval::stats::Paired;
@@ -63,6 +64,17 @@ pub struct DeriveOptions {
     /// [`DEFAULT_TARGETS_FILE`] when it exists).
     #[serde(default)]
     pub targets_file: Option<PathBuf>,
+    /// Validate out of sample: choose routes on the other cases and score the policy on this
+    /// fraction of each task's cases (the policy is the one chosen without them).
+    #[serde(default)]
+    pub holdout: Option<f64>,
+    /// Or cross-fit over k folds: each fold scored by routes chosen on the others (the policy
+    /// is chosen on every case).
+    #[serde(default)]
+    pub folds: Option<usize>,
+    /// The seed of the split.
+    #[serde(default)]
+    pub seed: u64,
 }
 
 pub const DEFAULT_MARGIN: f64 = 0.02;
@@ -101,11 +113,32 @@ impl Default for DeriveOptions {
             machine_tokens_per_s: None,
             machine: DEFAULT_MACHINE.into(),
             targets_file: None,
+            holdout: None,
+            folds: None,
+            seed: 0,
         }
     }
 }
 
 impl DeriveOptions {
+    /// The out-of-sample split asked for, checked.
+    fn split(&self) -> Result<Option<Split>, RouteError> {
+        let bad = |key: &str, detail: String| RouteError::BadOption {
+            key: key.to_string(),
+            detail,
+        };
+        match (self.holdout, self.folds) {
+            (Some(_), Some(_)) => Err(bad("holdout", "set `holdout` or `folds`, not both".into())),
+            (Some(f), None) if !(f > 0.0 && f < 1.0) => {
+                Err(bad("holdout", format!("{f} is not a fraction in (0, 1)")))
+            }
+            (Some(f), None) => Ok(Some(Split::Holdout(f))),
+            (None, Some(k)) if k < 2 => Err(bad("folds", format!("{k}: at least 2"))),
+            (None, Some(k)) => Ok(Some(Split::Folds(k))),
+            (None, None) => Ok(None),
+        }
+    }
+
     /// The limits every route must respect.
     pub fn constraints(&self) -> Constraints {
         Constraints {
@@ -373,13 +406,9 @@ fn route_for(
     }
 }
 
-/// Derive a policy from eval run folders.
-pub fn derive(runs: &[RunData], o: &DeriveOptions) -> Result<Policy, RouteError> {
-    let mut rows: Vec<ResultRow> = runs.iter().flat_map(|r| r.rows.iter().cloned()).collect();
-    if rows.is_empty() {
-        return Err(RouteError::NoResults);
-    }
-    // The default route pools every suite's cases.
+/// The routes results support: per task (and `default`, which pools every suite's cases).
+fn routes_from(rows: &[ResultRow], o: &DeriveOptions) -> Result<Vec<Route>, RouteError> {
+    let mut rows = rows.to_vec();
     let pooled: Vec<ResultRow> = rows
         .iter()
         .map(|r| ResultRow {
@@ -423,8 +452,49 @@ pub fn derive(runs: &[RunData], o: &DeriveOptions) -> Result<Policy, RouteError>
         }
         routes.push(route_for(suite, tag, &task, ss, &cmp, o));
     }
-    rows.retain(|r| r.suite != "*");
-    let predicted = predict(&rows, &routes);
+    Ok(routes)
+}
+
+/// Derive a policy from eval run folders.
+pub fn derive(runs: &[RunData], o: &DeriveOptions) -> Result<Policy, RouteError> {
+    let rows: Vec<ResultRow> = runs.iter().flat_map(|r| r.rows.iter().cloned()).collect();
+    if rows.is_empty() {
+        return Err(RouteError::NoResults);
+    }
+    let (routes, predicted, validation) = match o.split()? {
+        None => {
+            let routes = routes_from(&rows, o)?;
+            let predicted = predict(&rows, &routes);
+            (routes, predicted, None)
+        }
+        Some(split @ Split::Holdout(f)) => {
+            // The policy is chosen without the held-out cases, and scored on them.
+            let folds = validate::folds(&rows, split, o.seed);
+            let chosen_on = validate::rows_of(&rows, &folds, 0, false);
+            let held = validate::rows_of(&rows, &folds, 0, true);
+            let routes = routes_from(&chosen_on, o)?;
+            let predicted = predict(&chosen_on, &routes);
+            let out = validate::policy_cases(&held, &routes);
+            let v = validate::held_out(format!("holdout {f}"), o.seed, out, &predicted);
+            (routes, predicted, Some(v))
+        }
+        Some(split @ Split::Folds(k)) => {
+            // Each fold scored by the routes the other folds choose; the policy uses every case.
+            let folds = validate::folds(&rows, split, o.seed);
+            let mut out: BTreeMap<String, Vec<(f64, Option<f64>)>> = BTreeMap::new();
+            for f in 0..k {
+                let fold_routes = routes_from(&validate::rows_of(&rows, &folds, f, false), o)?;
+                let test = validate::rows_of(&rows, &folds, f, true);
+                for (suite, cases) in validate::policy_cases(&test, &fold_routes) {
+                    out.entry(suite).or_default().extend(cases);
+                }
+            }
+            let routes = routes_from(&rows, o)?;
+            let predicted = predict(&rows, &routes);
+            let v = validate::held_out(format!("{k}-fold"), o.seed, out, &predicted);
+            (routes, predicted, Some(v))
+        }
+    };
     let mut targets = BTreeMap::new();
     let mut run_ids: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for r in runs {
@@ -447,6 +517,7 @@ pub fn derive(runs: &[RunData], o: &DeriveOptions) -> Result<Policy, RouteError>
         targets,
         routes,
         predicted,
+        validation,
         economics,
     })
 }

@@ -9,6 +9,7 @@
 pub mod derive;
 pub mod economics;
 pub mod export;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -37,6 +38,8 @@ pub enum RouteError {
     SharedTag(String),
     #[error("target `{target}`: unknown provider `{provider}`")]
     UnknownProvider { target: String, provider: String },
+    #[error("`{key}`: {detail}")]
+    BadOption { key: String, detail: String },
 }
 
 /// What the policy optimises once quality is settled.
@@ -156,7 +159,11 @@ pub struct Policy {
     /// How to reach each target (settings only: API keys by variable name).
     pub targets: BTreeMap<String, TargetSpec>,
     pub routes: Vec<Route>,
+    /// In sample: measured on the cases the routes were chosen on.
     pub predicted: Vec<Prediction>,
+    /// Out of sample, when asked for (`holdout` or `folds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<validate::Validation>,
     #[serde(default)]
     pub economics: Option<economics::Economics>,
 }
@@ -243,6 +250,25 @@ impl Policy {
                 money(p.policy_cost_per_1k_requests_usd),
                 alone.join(" · ")
             ));
+        }
+        if let Some(v) = &self.validation {
+            s.push_str(&format!(
+                "\n## Validated out of sample ({}, seed {})\n\nRoutes chosen on other cases than those that score them: the in-sample figure above is optimistic by about the difference.\n\n| suite | held-out cases | in-sample score % | held-out score % (95% CI) | held-out $/1k req |\n|---|---:|---:|---|---:|\n",
+                v.method, v.seed
+            ));
+            for h in &v.suites {
+                s.push_str(&format!(
+                    "| {} | {} | {} | {} ({}–{}, {}) | {} |\n",
+                    h.suite,
+                    h.cases,
+                    pct(h.in_sample_score),
+                    pct(h.held_out_score),
+                    pct(h.ci_low),
+                    pct(h.ci_high),
+                    h.ci_method,
+                    money(h.held_out_cost_per_1k_requests_usd)
+                ));
+            }
         }
         s.push_str("\n## Evidence\n");
         for r in &self.routes {

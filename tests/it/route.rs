@@ -231,3 +231,76 @@ fn litellm_loads_the_exported_policy_routes_and_falls_back() {
     assert_eq!(v["choices"][0]["message"]["content"], "routed");
     assert_eq!(weak.requests(), 1);
 }
+
+/// Twenty targets that are all right half the time, on 40 cases: choosing the best one on the
+/// cases that then score it is optimistic (the winner is the luckiest); a held-out half, and
+/// 5-fold cross-fitting, bring the estimate back to what any target does.
+#[test]
+fn held_out_validation_corrects_an_optimistic_in_sample_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut state = 0x2545f4914f6cdd1du64;
+    let mut coin = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11).is_multiple_of(2)
+    };
+    let mut lines = String::new();
+    let names: Vec<String> = (0..20).map(|t| format!("t{t:02}")).collect();
+    for case in 0..40 {
+        for t in &names {
+            let score = if coin() { 1.0 } else { 0.0 };
+            lines.push_str(&serde_json::to_string(&row(t, case, score, 0.001)).unwrap());
+            lines.push('\n');
+        }
+    }
+    let run = d.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("results.jsonl"), lines).unwrap();
+    let targets: Vec<serde_json::Value> = names
+        .iter()
+        .map(|n| {
+            serde_json::json!({"spec": {"name": n, "provider": "openai-compatible", "model": n,
+            "base_url": "http://127.0.0.1:9/v1"}})
+        })
+        .collect();
+    std::fs::write(
+        run.join("run.json"),
+        serde_json::json!({"targets": targets}).to_string(),
+    )
+    .unwrap();
+    for split in [["--holdout", "0.5"], ["--folds", "5"]] {
+        derive(
+            d,
+            "run",
+            &[
+                "--objective",
+                "quality",
+                "--min-cases",
+                "1",
+                split[0],
+                split[1],
+                "--seed",
+                "3",
+            ],
+        );
+        let p = policy(d);
+        let v = &p["validation"]["suites"][0];
+        let (inside, held) = (
+            v["in_sample_score"].as_f64().unwrap(),
+            v["held_out_score"].as_f64().unwrap(),
+        );
+        assert!(
+            inside - held >= 0.1,
+            "{split:?}: in sample {inside}, held out {held}"
+        );
+        let (lo, hi) = (
+            v["ci_low"].as_f64().unwrap(),
+            v["ci_high"].as_f64().unwrap(),
+        );
+        assert!(lo <= 0.5 && 0.5 <= hi, "{split:?}: {held} ({lo}–{hi})");
+        let md = std::fs::read_to_string(d.join("policy.md")).unwrap();
+        assert!(md.contains("Validated out of sample"), "{md}");
+    }
+}
