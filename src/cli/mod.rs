@@ -12,6 +12,7 @@ mod generate;
 mod merge;
 mod models;
 mod progress;
+mod providers;
 mod report;
 mod route;
 mod run;
@@ -55,6 +56,8 @@ enum Command {
     Data(data::DataArgs),
     /// Run an eval suite (evals/*.toml) on a model and score it.
     Eval(eval::EvalArgs),
+    /// Provider presets, and catalogs (prices, context, latency) read into a targets file.
+    Providers(providers::ProvidersArgs),
     /// Derive a routing policy from eval results, and export it for other routers.
     Route(route::RouteArgs),
     /// Serve the local model, or a routing policy as a gateway, over an OpenAI-compatible API.
@@ -180,6 +183,7 @@ pub fn main() -> ExitCode {
         Command::Data(a) => data::run(a),
         Command::Merge(a) => merge::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Providers(a) => providers::run(a),
         Command::Route(a) => route::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Run(a) => run::run(a),

@@ -9,6 +9,7 @@
 //! through it.
 
 pub mod cache;
+pub mod catalog;
 #[cfg(feature = "test-support")]
 pub mod fault_server;
 pub mod http;

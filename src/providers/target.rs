@@ -92,6 +92,9 @@ pub struct TargetSpec {
     /// `local`: requests answered together.
     #[serde(default)]
     pub batch_size: Option<usize>,
+    /// Where `price_in`/`price_out` came from, when a catalog set them (`providers sync`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<super::catalog::CatalogEntry>,
 }
 
 /// A targets file: `[[targets]]` entries.

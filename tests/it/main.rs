@@ -7,6 +7,7 @@
 mod common;
 
 mod bad_input;
+mod catalog;
 mod convert;
 mod eval;
 mod gateway;
