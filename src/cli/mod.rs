@@ -17,6 +17,7 @@ mod report;
 mod route;
 mod run;
 mod serve;
+mod suite;
 mod train;
 
 use std::io::IsTerminal;
@@ -58,6 +59,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Provider presets, and catalogs (prices, context, latency) read into a targets file.
     Providers(providers::ProvidersArgs),
+    /// Make suites: from logged traffic.
+    Suite(suite::SuiteArgs),
     /// Derive a routing policy from eval results, and export it for other routers.
     Route(route::RouteArgs),
     /// Serve the local model, or a routing policy as a gateway, over an OpenAI-compatible API.
@@ -184,6 +187,7 @@ pub fn main() -> ExitCode {
         Command::Merge(a) => merge::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Providers(a) => providers::run(a),
+        Command::Suite(a) => suite::run(a),
         Command::Route(a) => route::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Run(a) => run::run(a),

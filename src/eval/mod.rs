@@ -10,6 +10,7 @@
 //! - [`targets`]: target names resolved to specs (a targets file, `local`, `PRESET:MODEL`), judges
 //!   included.
 
+pub mod import;
 pub mod likelihood;
 pub mod results;
 pub mod runner;

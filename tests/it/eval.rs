@@ -314,3 +314,186 @@ fn loglikelihood_and_rolling_suites_score_what_the_model_scores() {
         .unwrap();
     assert!(ll["perplexity"].as_f64().unwrap() > 1.0, "{ll}");
 }
+
+/// A generated traffic log: three models in unequal shares, LiteLLM payloads beside
+/// `{request, response}` lines, content as parts, a duplicate, and ids that carry a user's email.
+fn traffic_log() -> String {
+    let mut lines = Vec::new();
+    let question = |i: usize| format!("What is {i} plus {i}?");
+    for i in 0..12 {
+        lines.push(serde_json::json!({
+            "request": {"model": "gpt-4o-mini", "messages": [
+                {"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": question(i)}]},
+            "response": {"id": format!("chatcmpl-alice@example.com-{i}"), "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("{i} plus {i} is {}.", 2 * i)}}]}
+        }));
+    }
+    for i in 0..6 {
+        // LiteLLM's standard logging payload, content as parts.
+        lines.push(serde_json::json!({
+            "id": format!("litellm-bob@example.com-{i}"), "model": "claude-3-5-haiku", "call_type": "completion",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": question(100 + i)}]}],
+            "response": {"model": "claude-3-5-haiku", "choices": [{"message": {"role": "assistant", "content": format!("{}", 200 + 2 * i)}}]},
+            "metadata": {"user_api_key_user_email": "bob@example.com"}
+        }));
+    }
+    let capital = serde_json::json!({
+        "request": {"model": "llama-3.1-8b", "messages": [{"role": "user", "content": "What is the capital of France?"}]},
+        "response": {"id": "carol@example.com-0", "model": "llama-3.1-8b",
+            "choices": [{"message": {"role": "assistant", "content": "The capital of France is Paris."}}]}
+    });
+    lines.push(capital.clone());
+    lines.push(capital); // logged twice: one case
+    lines.push(serde_json::json!({
+        "request": {"model": "llama-3.1-8b", "messages": [{"role": "user", "content": "Name a primary colour."}]},
+        "response": {"id": "carol@example.com-1", "model": "llama-3.1-8b",
+            "choices": [{"message": {"role": "assistant", "content": "Red."}}]}
+    }));
+    lines.iter().map(|l| format!("{l}\n")).collect()
+}
+
+#[test]
+fn logged_traffic_becomes_a_suite_sampled_by_model_with_hashed_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("traffic.jsonl"), traffic_log()).unwrap();
+    let import_seeded = |name: &str, sample: &str, seed: &str| {
+        let mut c = crate::common::cli();
+        c.current_dir(d)
+            .args(["suite", "import", "traffic.jsonl", "--name", name])
+            .args(["--out", &format!("suites/{name}.toml"), "--sample", sample])
+            .args(["--seed", seed, "--max-tokens", "16"]);
+        c
+    };
+    let import = |name: &str, sample: &str| import_seeded(name, sample, "7");
+    // 20 distinct exchanges (12 / 6 / 2); a sample of 10 keeps each model's share.
+    let text = cli_ok(&mut import("support", "10"));
+    assert!(
+        text.contains(
+            "10 cases of 21 logged (claude-3-5-haiku: 3, gpt-4o-mini: 6, llama-3.1-8b: 1)"
+        ),
+        "{text}"
+    );
+    let rows = read_rows(&d.join("suites/support.jsonl"));
+    assert_eq!(rows.len(), 10);
+    let suite_text = std::fs::read_to_string(d.join("suites/support.toml")).unwrap();
+    let written = format!(
+        "{suite_text}{}",
+        std::fs::read_to_string(d.join("suites/support.jsonl")).unwrap()
+    );
+    assert!(
+        !written.contains("example.com") && !written.contains("chatcmpl"),
+        "{written}"
+    );
+    for r in &rows {
+        let id = r["id"].as_str().unwrap();
+        assert!(
+            id.len() == 16 && id.chars().all(|c| c.is_ascii_hexdigit()),
+            "{r}"
+        );
+        // The logged answer is the reference and the last turn.
+        let messages = r["messages"].as_array().unwrap();
+        assert_eq!(messages.last().unwrap()["content"], r["reference"]);
+        assert!(messages.iter().all(|m| m["content"].is_string()), "{r}");
+    }
+    // The same seed draws the same sample; another seed, another.
+    cli_ok(&mut import("again", "10"));
+    let ids = |name: &str| -> Vec<serde_json::Value> {
+        read_rows(&d.join(format!("suites/{name}.jsonl")))
+            .into_iter()
+            .map(|r| r["id"].clone())
+            .collect()
+    };
+    assert_eq!(ids("support"), ids("again"));
+    cli_ok(&mut import_seeded("other", "10", "8"));
+    assert_ne!(ids("support"), ids("other"));
+    // The whole log, scored on the local model by word similarity to the logged answer.
+    let text = cli_ok(&mut import("all", "100"));
+    assert!(text.contains("20 cases of 21 logged"), "{text}");
+    let out = d.join("out");
+    cli_ok(
+        crate::common::in_dir(d)
+            .args(["eval", "suites/all.toml", "--out"])
+            .arg(&out),
+    );
+    let results = read_rows(&out.join("results.jsonl"));
+    assert_eq!(results.len(), 20);
+    let capital = results
+        .iter()
+        .find(|r| r["reference"] == "The capital of France is Paris.")
+        .unwrap();
+    assert_eq!(capital["output"], "The capital of France is Paris.");
+    assert_eq!(capital["score"], 1.0);
+    assert_eq!(capital["pass"], true);
+    assert!(
+        results
+            .iter()
+            .all(|r| (0.0..=1.0).contains(&r["score"].as_f64().unwrap()))
+    );
+    let gpt: Vec<_> = results
+        .iter()
+        .filter(|r| r["tags"].as_str().unwrap().contains("gpt-4o-mini"))
+        .collect();
+    assert_eq!(
+        gpt.len(),
+        12,
+        "the model each answer came from is the case's tag"
+    );
+    assert!(
+        results
+            .iter()
+            .any(|r| r["pass"] == false && r["reason"].as_str().unwrap().contains("word F1")),
+        "{results:?}"
+    );
+    // A line that is not an exchange is named by file and line; the suite may not overwrite its log.
+    std::fs::write(
+        d.join("bad.jsonl"),
+        format!(
+            "{}{{\"request\": {{\"model\": \"x\"}}, \"response\": {{}}}}\n",
+            traffic_log().lines().next().unwrap().to_string() + "\n"
+        ),
+    )
+    .unwrap();
+    let o = crate::common::in_dir(d)
+        .args([
+            "suite",
+            "import",
+            "bad.jsonl",
+            "--name",
+            "bad",
+            "--out",
+            "bad.toml",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("bad.jsonl")
+            && err.contains("line 2")
+            && err.contains("messages"),
+        "{err}"
+    );
+    let o = crate::common::in_dir(d)
+        .args([
+            "suite",
+            "import",
+            "traffic.jsonl",
+            "--name",
+            "traffic",
+            "--out",
+            "traffic.toml",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("would overwrite the log"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("traffic.jsonl")).unwrap(),
+        traffic_log()
+    );
+}

@@ -56,6 +56,9 @@ pub enum ScorerKind {
         #[serde(default)]
         ignore_case: bool,
     },
+    /// How much the output says what the reference says: the F1 of their words (after
+    /// normalising), a score between 0 and 1 (the suite's `pass_threshold` decides a pass).
+    Similarity {},
     /// A pattern's match (its first group, or the whole match) equals the reference; with no
     /// reference, the pattern matches.
     Regex {
@@ -100,6 +103,7 @@ impl ScorerKind {
             ScorerKind::Exact { .. } => "exact",
             ScorerKind::Normalized {} => "normalized",
             ScorerKind::Contains { .. } => "contains",
+            ScorerKind::Similarity {} => "similarity",
             ScorerKind::Regex { .. } => "regex",
             ScorerKind::Numeric { .. } => "numeric",
             ScorerKind::Choice { .. } => "choice",
@@ -187,6 +191,7 @@ enum Check {
     Exact { ignore_case: bool },
     Normalized,
     Contains { ignore_case: bool },
+    Similarity,
     Regex { re: Regex, ignore_case: bool },
     Numeric(numeric::Numeric),
     Choice { letters: String },
@@ -224,6 +229,7 @@ impl Scorer {
             ScorerKind::Contains { ignore_case } => Check::Contains {
                 ignore_case: *ignore_case,
             },
+            ScorerKind::Similarity {} => Check::Similarity,
             ScorerKind::Regex {
                 pattern,
                 ignore_case,
@@ -319,6 +325,15 @@ impl Scorer {
     /// Score an output with a check that needs no other target (a judge says it cannot).
     pub fn score_text(&self, output: &str, reference: Option<&str>) -> Verdict {
         let reference = reference.map(str::trim);
+        if let (Check::Similarity, Some(r)) = (&self.check, reference) {
+            let f1 = text::word_f1(output, r);
+            return Verdict {
+                scorer: self.name().into(),
+                score: f1,
+                extracted: Some(format!("{f1:.3}")),
+                reason: (f1 < 1.0).then(|| format!("word F1 {f1:.3} against the reference")),
+            };
+        }
         let result = match (&self.check, reference) {
             (Check::Judge { .. }, _) => Err((None, "graded by the judge".to_string())),
             (_, None) if self.kind.needs_reference() => {
@@ -343,6 +358,7 @@ impl Scorer {
             Check::Exact { ignore_case } => text::exact(output, reference, *ignore_case),
             Check::Normalized => text::normalized(output, reference),
             Check::Contains { ignore_case } => text::contains(output, reference, *ignore_case),
+            Check::Similarity => unreachable!("scored in `score_text`"),
             Check::Regex { re, ignore_case } => text::regex(re, output, reference, *ignore_case),
             Check::Numeric(n) => n.check(output, reference),
             Check::Choice { letters } => choice::check(output, reference, letters),
@@ -382,6 +398,11 @@ mod tests {
         assert_eq!(s("type='normalized'", "A,  B!", "a b"), 1.0);
         assert_eq!(s("type='contains'", "It is Paris.", "Paris"), 1.0);
         assert_eq!(s("type='contains'", "It is Lyon.", "Paris"), 0.0);
+        // Word F1: 2 of 3 output words, 2 of 2 reference words: 2·(2/3)·1 / (2/3 + 1) = 0.8.
+        assert!(
+            (s("type='similarity'", "Paris, France indeed", "paris france") - 0.8).abs() < 1e-9
+        );
+        assert_eq!(s("type='similarity'", "Rome", "Paris"), 0.0);
         assert_eq!(
             s(
                 "type='regex'\npattern='capital is (\\w+)'",

@@ -82,6 +82,37 @@ pub fn compile(pattern: &str, ignore_case: bool) -> Result<Regex, regex::Error> 
     Regex::new(&p)
 }
 
+/// The F1 of two texts' words (after [`normalize`]): how much of each the other covers, as a
+/// multiset of words.
+pub fn word_f1(output: &str, reference: &str) -> f64 {
+    let (o, r) = (normalize(output), normalize(reference));
+    let (o, r): (Vec<&str>, Vec<&str>) = (o.split(' ').collect(), r.split(' ').collect());
+    if o.iter().all(|w| w.is_empty()) || r.iter().all(|w| w.is_empty()) {
+        return f64::from(u8::from(o == r));
+    }
+    let mut counts: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+    for w in &r {
+        *counts.entry(w).or_default() += 1;
+    }
+    let mut common = 0;
+    for w in &o {
+        if let Some(c) = counts.get_mut(w)
+            && *c > 0
+        {
+            *c -= 1;
+            common += 1;
+        }
+    }
+    if common == 0 {
+        return 0.0;
+    }
+    let (p, rc) = (
+        common as f64 / o.len() as f64,
+        common as f64 / r.len() as f64,
+    );
+    2.0 * p * rc / (p + rc)
+}
+
 fn normalize(s: &str) -> String {
     s.to_lowercase()
         .chars()
