@@ -26,6 +26,9 @@ enum BenchCommand {
     Generate(GenerateBench),
     /// LoRA training tokens/s and peak memory, with PyTorch + PEFT side by side.
     Train(super::bench_train::TrainBench),
+    /// Load curves of OpenAI-compatible servers: throughput against time to first token and
+    /// latency percentiles at each concurrency (JSON, Markdown and a plot).
+    Serve(super::bench_serve::ServeBench),
     /// What the eval harness adds to a provider's latency (against a bare client), and its memory
     /// (built with `--features test-support`: it runs against the test suite's fault server).
     #[cfg(feature = "test-support")]
@@ -155,6 +158,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let b = match a.command {
         BenchCommand::Generate(b) => b,
         BenchCommand::Train(t) => return super::bench_train::run(t),
+        BenchCommand::Serve(s) => return super::bench_serve::run(s),
         #[cfg(feature = "test-support")]
         BenchCommand::Eval(e) => return super::bench_eval::run(e),
         BenchCommand::TrainWorker(w) => return super::bench_train::worker(w),

@@ -3,6 +3,7 @@
 mod bench;
 #[cfg(feature = "test-support")]
 mod bench_eval;
+mod bench_serve;
 mod bench_train;
 mod chat;
 mod convert;

@@ -18,7 +18,7 @@ pub struct RouteArgs {
 #[derive(Subcommand, Debug)]
 enum RouteCommand {
     /// Derive a routing policy from eval runs (runs/eval/...).
-    Derive(DeriveArgs),
+    Derive(Box<DeriveArgs>),
     /// Export a policy for another router (a LiteLLM proxy config, provider-native strings).
     Export(ExportArgs),
 }
@@ -71,6 +71,16 @@ struct DeriveArgs {
     /// A name for the machine in the report.
     #[arg(long, default_value = derive::DEFAULT_MACHINE)]
     machine: String,
+    /// Its throughput measured under load: a `switchyard bench serve` file (serve.json).
+    /// Self-hosting is priced at the highest throughput that meets --slo-p95-ttft.
+    #[arg(long, conflicts_with = "machine_tokens_per_s")]
+    capacity: Option<PathBuf>,
+    /// The curve of --capacity to use, when it has several (a target's name).
+    #[arg(long)]
+    capacity_target: Option<String>,
+    /// The service-level objective on p95 time to first token, in seconds.
+    #[arg(long)]
+    slo_p95_ttft: Option<f64>,
     /// Priced targets to compare self-hosting with even if they were not evaluated (default:
     /// evals/targets.toml when it exists).
     #[arg(long)]
@@ -103,6 +113,9 @@ impl DeriveArgs {
             machine_price_per_hour: self.machine_price_per_hour,
             machine_tokens_per_s: self.machine_tokens_per_s,
             machine: self.machine.clone(),
+            capacity: self.capacity.clone(),
+            capacity_target: self.capacity_target.clone(),
+            slo_p95_ttft: self.slo_p95_ttft,
             targets_file: self.targets_file.clone(),
             holdout: self.holdout,
             folds: self.folds,
@@ -138,7 +151,7 @@ struct ExportArgs {
 
 pub fn run(a: RouteArgs) -> anyhow::Result<()> {
     match a.command {
-        RouteCommand::Derive(d) => derive_cmd(d),
+        RouteCommand::Derive(d) => derive_cmd(*d),
         RouteCommand::Export(e) => export_cmd(e),
     }
 }

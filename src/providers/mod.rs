@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod fault_server;
 pub mod http;
 pub mod limits;
+pub mod load;
 pub mod local;
 pub mod presets;
 pub mod retry;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::economics::EconomicsInput;
+use super::economics::{Capacity, EconomicsInput};
 use super::validate::{self, Split};
 use super::{Constraints, Evidence, Objective, Policy, Prediction, Route, RouteError};
 use crate::eval::results::{self, ResultRow, SummaryRow};
@@ -60,6 +60,16 @@ pub struct DeriveOptions {
     /// A name for the machine in the report.
     #[serde(default = "d_machine")]
     pub machine: String,
+    /// A load curve measured by `switchyard bench serve` (its `serve.json`): self-hosting is
+    /// priced at the highest throughput that meets `slo_p95_ttft`.
+    #[serde(default)]
+    pub capacity: Option<PathBuf>,
+    /// The curve of that file to use, when it has several.
+    #[serde(default)]
+    pub capacity_target: Option<String>,
+    /// The service-level objective on p95 time to first token, in seconds.
+    #[serde(default)]
+    pub slo_p95_ttft: Option<f64>,
     /// Priced targets to compare self-hosting with even if they were not evaluated (default:
     /// [`DEFAULT_TARGETS_FILE`] when it exists).
     #[serde(default)]
@@ -112,6 +122,9 @@ impl Default for DeriveOptions {
             machine_price_per_hour: None,
             machine_tokens_per_s: None,
             machine: DEFAULT_MACHINE.into(),
+            capacity: None,
+            capacity_target: None,
+            slo_p95_ttft: None,
             targets_file: None,
             holdout: None,
             folds: None,
@@ -152,8 +165,41 @@ impl DeriveOptions {
     /// The self-hosting question, when a machine price is given: the machine, and the price list
     /// of the targets file.
     fn economics(&self) -> Result<Option<EconomicsInput>, RouteError> {
+        let bad = |key: &str, detail: String| RouteError::BadOption {
+            key: key.to_string(),
+            detail,
+        };
         let Some(price_per_hour) = self.machine_price_per_hour else {
-            return Ok(None);
+            return match (&self.capacity, self.slo_p95_ttft) {
+                (Some(_), _) => Err(bad(
+                    "capacity",
+                    "prices self-hosting: set `machine_price_per_hour` too".into(),
+                )),
+                (None, Some(_)) => Err(bad(
+                    "slo_p95_ttft",
+                    "applies to a measured `capacity`: set it and `machine_price_per_hour`".into(),
+                )),
+                _ => Ok(None),
+            };
+        };
+        let capacity = match &self.capacity {
+            Some(_) if self.machine_tokens_per_s.is_some() => {
+                return Err(bad(
+                    "capacity",
+                    "set `capacity` (measured) or `machine_tokens_per_s` (given), not both".into(),
+                ));
+            }
+            Some(file) => Some(
+                Capacity::choose(file, self.capacity_target.as_deref(), self.slo_p95_ttft)
+                    .map_err(|e| bad("capacity", e))?,
+            ),
+            None if self.slo_p95_ttft.is_some() => {
+                return Err(bad(
+                    "slo_p95_ttft",
+                    "applies to a measured `capacity` (a `bench serve` file)".into(),
+                ));
+            }
+            None => None,
         };
         let default = Path::new(DEFAULT_TARGETS_FILE);
         let file = self
@@ -172,6 +218,7 @@ impl DeriveOptions {
             tokens_per_s: self.machine_tokens_per_s,
             machine: self.machine.clone(),
             price_list,
+            capacity,
         }))
     }
 }

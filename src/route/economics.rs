@@ -31,6 +31,107 @@ pub struct EconomicsInput {
     /// price is applied to the eval's own token mix.
     #[serde(default)]
     pub price_list: Vec<(String, f64, f64)>,
+    /// The throughput read from a measured load curve (`bench serve`): the highest that met the
+    /// time-to-first-token objective. Sets `tokens_per_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
+}
+
+/// The level of a load curve self-hosting is priced at.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Capacity {
+    /// The `bench serve` file it was read from.
+    pub file: String,
+    /// The server measured, and the machine and date of the measurement.
+    pub target: String,
+    pub measured_on: String,
+    pub date: String,
+    pub slo_p95_ttft_s: Option<f64>,
+    pub concurrency: usize,
+    pub ttft_p95_s: Option<f64>,
+    pub latency_p95_s: Option<f64>,
+    pub output_tokens_per_s: f64,
+    pub total_tokens_per_s: f64,
+    /// Every level, for the record: (concurrency, output tokens/s, TTFT p95 s).
+    pub levels: Vec<(usize, f64, Option<f64>)>,
+}
+
+impl Capacity {
+    /// Read a `bench serve` file and choose its level: the curve of `target` (or the only one),
+    /// at the highest output throughput whose p95 TTFT meets `slo` without errors.
+    pub fn choose(
+        file: &std::path::Path,
+        target: Option<&str>,
+        slo: Option<f64>,
+    ) -> Result<Self, String> {
+        let report: crate::providers::load::LoadReport =
+            crate::util::read_json(file).map_err(|e| e.to_string())?;
+        let names = || {
+            report
+                .curves
+                .iter()
+                .map(|c| c.target.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let curve = match target {
+            Some(t) => report
+                .curves
+                .iter()
+                .find(|c| c.target == t)
+                .ok_or_else(|| {
+                    format!(
+                        "{}: no curve for `{t}` (it has: {})",
+                        file.display(),
+                        names()
+                    )
+                })?,
+            None if report.curves.len() == 1 => &report.curves[0],
+            None => {
+                return Err(format!(
+                    "{}: {} curves ({}); name one with `capacity_target`",
+                    file.display(),
+                    report.curves.len(),
+                    names()
+                ));
+            }
+        };
+        let best = curve.best_within(slo).ok_or_else(|| {
+            format!(
+                "{}: no level of `{}` meets p95 TTFT ≤ {} s without errors (p95 TTFT by concurrency: {})",
+                file.display(),
+                curve.target,
+                slo.map_or("∞".into(), |s| s.to_string()),
+                curve
+                    .levels
+                    .iter()
+                    .map(|l| format!(
+                        "{}: {}",
+                        l.concurrency,
+                        l.ttft_s.p95.map_or("–".into(), |v| format!("{v:.3} s"))
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        Ok(Self {
+            file: file.display().to_string(),
+            target: curve.target.clone(),
+            measured_on: report.machine.clone(),
+            date: report.date.clone(),
+            slo_p95_ttft_s: slo,
+            concurrency: best.concurrency,
+            ttft_p95_s: best.ttft_s.p95,
+            latency_p95_s: best.latency_s.p95,
+            output_tokens_per_s: best.output_tokens_per_s,
+            total_tokens_per_s: best.total_tokens_per_s,
+            levels: curve
+                .levels
+                .iter()
+                .map(|l| (l.concurrency, l.output_tokens_per_s, l.ttft_s.p95))
+                .collect(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -56,6 +157,9 @@ pub struct Economics {
     pub fixed_usd_per_month: f64,
     pub capacity_tokens_per_month: f64,
     pub providers: Vec<ProviderCost>,
+    /// With a measured load curve: USD per million output tokens at the chosen level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_host_usd_per_1m_output_tokens: Option<f64>,
 }
 
 pub fn compute(
@@ -71,7 +175,13 @@ pub fn compute(
         .filter_map(|r| r.compute_s.map(|c| (tokens(r), c)))
         .fold((0.0, 0.0), |(a, b), (t, c)| (a + t, b + c));
     let measured = (secs > 0.0).then(|| tok / secs);
-    let tps = input.tokens_per_s.or(measured).unwrap_or(f64::NAN);
+    let tps = input
+        .capacity
+        .as_ref()
+        .map(|c| c.total_tokens_per_s)
+        .or(input.tokens_per_s)
+        .or(measured)
+        .unwrap_or(f64::NAN);
     let fixed = input.price_per_hour * HOURS_PER_MONTH;
     let capacity = tps * 3600.0 * HOURS_PER_MONTH;
     let self_cost = fixed / capacity * 1e6;
@@ -127,6 +237,10 @@ pub fn compute(
         fixed_usd_per_month: fixed,
         capacity_tokens_per_month: capacity,
         providers,
+        self_host_usd_per_1m_output_tokens: input
+            .capacity
+            .as_ref()
+            .map(|c| input.price_per_hour / (c.output_tokens_per_s * 3600.0) * 1e6),
     }
 }
 
@@ -141,6 +255,7 @@ mod tests {
             tokens_per_s: Some(1000.0),
             machine: "gpu".into(),
             price_list: vec![("cheap".into(), 0.05, 0.08)],
+            capacity: None,
         };
         let e = compute(&[], &BTreeMap::new(), &input);
         // $730 a month for 2.628e9 tokens: $0.2778 per million.

@@ -307,11 +307,42 @@ impl Policy {
                 e.input.machine,
                 e.input.price_per_hour,
                 e.tokens_per_s,
-                if e.input.tokens_per_s.is_some() { "given" } else { "measured by the eval" },
+                match (&e.input.capacity, e.input.tokens_per_s) {
+                    (Some(_), _) => "measured under load, below",
+                    (None, Some(_)) => "given",
+                    (None, None) => "measured by the eval",
+                },
                 e.self_host_usd_per_1m_tokens,
                 e.fixed_usd_per_month,
                 e.capacity_tokens_per_month
             ));
+            if let Some(c) = &e.input.capacity {
+                s.push_str(&format!(
+                    "\nCapacity from a measured load curve (`{}`, `{}` on {}, {}): the highest throughput {} is at \
+                     concurrency {}: {:.1} output tokens/s ({:.1} with prompt tokens), p95 TTFT {} s, p95 latency {} s; \
+                     **${:.4} per million output tokens**. Levels (concurrency: output tok/s, p95 TTFT): {}.\n\n",
+                    c.file,
+                    c.target,
+                    c.measured_on,
+                    c.date,
+                    c.slo_p95_ttft_s
+                        .map_or("without errors".to_string(), |s| format!("within p95 TTFT ≤ {s} s")),
+                    c.concurrency,
+                    c.output_tokens_per_s,
+                    c.total_tokens_per_s,
+                    c.ttft_p95_s.map_or("–".into(), |v| format!("{v:.3}")),
+                    c.latency_p95_s.map_or("–".into(), |v| format!("{v:.3}")),
+                    e.self_host_usd_per_1m_output_tokens.unwrap_or(f64::NAN),
+                    c.levels
+                        .iter()
+                        .map(|(n, t, p)| format!(
+                            "{n}: {t:.1}, {}",
+                            p.map_or("–".into(), |v| format!("{v:.3} s"))
+                        ))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ));
+            }
             for p in &e.providers {
                 s.push_str(&format!(
                     "| {} | {:.4} | {} | {:.3e} | {} |\n",

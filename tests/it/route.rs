@@ -44,7 +44,7 @@ fn row(target: &str, case: usize, score: f64, cost: f64) -> ResultRow {
 }
 
 /// An eval run folder: `strong` passes every case, `cheap` all but `misses`, `weak` half.
-fn write_run(dir: &Path, n: usize, misses: usize, urls: &[(&str, String)]) {
+pub(crate) fn write_run(dir: &Path, n: usize, misses: usize, urls: &[(&str, String)]) {
     let mut lines = String::new();
     for i in 0..n {
         for r in [
@@ -105,7 +105,7 @@ fn evidence<'a>(route: &'a serde_json::Value, target: &str) -> &'a serde_json::V
         .unwrap()
 }
 
-fn urls() -> Vec<(&'static str, String)> {
+pub(crate) fn urls() -> Vec<(&'static str, String)> {
     ["strong", "cheap", "weak"]
         .iter()
         .map(|t| (*t, "http://127.0.0.1:9/v1".to_string()))

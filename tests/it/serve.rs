@@ -312,3 +312,121 @@ fn requests_beyond_the_concurrency_limit_get_429() {
     );
     assert!(first.join().unwrap().starts_with("HTTP/1.1 200"));
 }
+
+/// `bench serve` measures the server under load (a closed loop of streamed requests per
+/// concurrency level), and `route derive --capacity` prices self-hosting at the fastest level
+/// that meets the time-to-first-token objective.
+#[test]
+fn a_load_curve_of_the_server_prices_self_hosting_at_the_slo() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_server, port) = start_serve(&["--batch-size", "4"], d);
+    let text = crate::common::cli_ok(
+        crate::common::cli()
+            .current_dir(d)
+            .args(["bench", "serve", "openai-compatible:SmolLM2-135M-Instruct"])
+            .args(["--base-url", &format!("http://127.0.0.1:{port}/v1")])
+            .args([
+                "--concurrency",
+                "1,4",
+                "--requests",
+                "4",
+                "--max-tokens",
+                "8",
+            ])
+            .args(["--out", "bench", "--slo-p95-ttft", "60"])
+            .env("OPENAI_API_KEY", KEY),
+    );
+    assert!(
+        text.contains("concurrency   4:   4 requests (0 errors)"),
+        "{text}"
+    );
+    let json = std::fs::read_to_string(d.join("bench/serve.json")).unwrap();
+    assert!(!json.contains(KEY), "no secret in the results");
+    let r: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let levels = r["curves"][0]["levels"].as_array().unwrap();
+    assert_eq!(levels.len(), 2);
+    for l in levels {
+        assert_eq!(
+            (l["requests"].as_u64(), l["errors"].as_u64()),
+            (Some(4), Some(0)),
+            "{l}"
+        );
+        let out = l["output_tokens"].as_u64().unwrap();
+        assert!(
+            (4..=32).contains(&out),
+            "four answers of at most 8 tokens: {l}"
+        );
+        let (ttft, latency) = (
+            l["ttft_s"]["p95"].as_f64().unwrap(),
+            l["latency_s"]["p95"].as_f64().unwrap(),
+        );
+        assert!(ttft > 0.0 && ttft <= latency, "{l}");
+        let rate = out as f64 / l["duration_s"].as_f64().unwrap();
+        assert!(
+            (l["output_tokens_per_s"].as_f64().unwrap() - rate).abs() < 1e-9,
+            "{l}"
+        );
+    }
+    let svg = std::fs::read_to_string(d.join("bench/serve.svg")).unwrap();
+    assert!(
+        svg.contains("<svg") && svg.matches("<circle").count() >= 2,
+        "{svg}"
+    );
+    assert!(
+        std::fs::read_to_string(d.join("bench/serve.md"))
+            .unwrap()
+            .contains("| 4 | 4 | 0 |")
+    );
+
+    // Priced at the fastest level within the objective: $2/hour over its measured tokens/s.
+    let (best, best_total) = levels
+        .iter()
+        .map(|l| {
+            (
+                l["output_tokens_per_s"].as_f64().unwrap(),
+                l["total_tokens_per_s"].as_f64().unwrap(),
+            )
+        })
+        .fold((0.0, 0.0), |a, b| if b.0 > a.0 { b } else { a });
+    crate::route::write_run(&d.join("run"), 10, 1, &crate::route::urls());
+    let derive = |slo: &str| {
+        crate::common::run(
+            crate::common::in_dir(d)
+                .args([
+                    "route",
+                    "derive",
+                    "run",
+                    "--out",
+                    "policy.json",
+                    "--min-cases",
+                    "1",
+                ])
+                .args([
+                    "--machine-price-per-hour",
+                    "2",
+                    "--capacity",
+                    "bench/serve.json",
+                ])
+                .args(["--slo-p95-ttft", slo]),
+        )
+    };
+    let o = derive("60");
+    assert!(o.ok, "{}", o.stderr);
+    let p: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("policy.json")).unwrap()).unwrap();
+    let e = &p["economics"];
+    assert_eq!(e["tokens_per_s"].as_f64().unwrap(), best_total);
+    let per_m = e["self_host_usd_per_1m_output_tokens"].as_f64().unwrap();
+    assert!((per_m - 2.0 / (best * 3600.0) * 1e6).abs() < 1e-9, "{e}");
+    assert_eq!(e["input"]["capacity"]["slo_p95_ttft_s"], 60.0);
+    let md = std::fs::read_to_string(d.join("policy.md")).unwrap();
+    assert!(md.contains("Capacity from a measured load curve"), "{md}");
+    // An objective no level meets is an error naming the option and each level's p95.
+    let o = derive("0.000001");
+    assert!(
+        !o.ok && o.stderr.contains("capacity") && o.stderr.contains("no level"),
+        "{}",
+        o.stderr
+    );
+}
