@@ -19,6 +19,7 @@ mod lora;
 mod models;
 mod parity;
 mod pipeline;
+mod report;
 mod route;
 mod serve;
 mod train;
