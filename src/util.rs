@@ -74,6 +74,43 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, FileE
     serde_json::from_str(&text).map_err(|e| FileError::parse(path, e))
 }
 
+/// Compact JSON with every object's keys sorted, whatever order the value keeps them in: what
+/// cache keys and fingerprints hash, so that they stay the same from build to build.
+pub fn canonical_json(v: &serde_json::Value) -> String {
+    fn write(v: &serde_json::Value, out: &mut String) {
+        match v {
+            serde_json::Value::Object(o) => {
+                let mut keys: Vec<&String> = o.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                    out.push(':');
+                    write(&o[k], out);
+                }
+                out.push('}');
+            }
+            serde_json::Value::Array(a) => {
+                out.push('[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(x, out);
+                }
+                out.push(']');
+            }
+            scalar => out.push_str(&scalar.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(v, &mut out);
+    out
+}
+
 /// Lower-case hex SHA-256 of some bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
@@ -179,6 +216,15 @@ pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_depth_whatever_the_insertion_order() {
+        let v = serde_json::json!({"b": 1, "a": [{"d": "x\"y", "c": 2.5}, null], "A": true});
+        assert_eq!(
+            canonical_json(&v),
+            r#"{"A":true,"a":[{"c":2.5,"d":"x\"y"},null],"b":1}"#
+        );
+    }
 
     #[test]
     fn atomic_writes_replace_whole_files_and_json_errors_name_the_line() {

@@ -4,6 +4,7 @@ use std::io::Write;
 
 use clap::{Args, ValueEnum};
 use serde_json::json;
+use switchyard::generate::constrain::Grammar;
 use switchyard::generate::{GenerateOptions, SamplingParams};
 use switchyard::tokenize::Message;
 
@@ -38,6 +39,13 @@ pub struct SamplingArgs {
     /// Stop when this string appears (repeatable); it is not included in the output.
     #[arg(long)]
     pub stop: Vec<String>,
+    /// Answer with a JSON object (constrained decoding: OpenAI's `json_object`).
+    #[arg(long, conflicts_with = "json_schema")]
+    pub json: bool,
+    /// Answer with JSON that validates against the JSON Schema in this file (constrained
+    /// decoding: OpenAI's `json_schema`).
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<std::path::PathBuf>,
 }
 
 impl SamplingArgs {
@@ -62,7 +70,21 @@ impl SamplingArgs {
             },
             stop: self.stop.clone(),
             logprobs,
+            constraint: self.constraint()?.map(std::sync::Arc::new),
         })
+    }
+
+    fn constraint(&self) -> anyhow::Result<Option<Grammar>> {
+        if self.json {
+            return Ok(Some(Grammar::json_object()));
+        }
+        let Some(path) = &self.json_schema else {
+            return Ok(None);
+        };
+        let schema: serde_json::Value = switchyard::util::read_json(path)?;
+        let g = Grammar::from_schema(&schema)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e))?;
+        Ok(Some(g))
     }
 }
 

@@ -219,6 +219,7 @@ impl LikelihoodCase {
                 logprobs: Some(1),
                 echo: true,
                 bos: self.output_type == OutputType::LoglikelihoodRolling,
+                response_format: None,
             })
             .collect()
     }

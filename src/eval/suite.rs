@@ -30,6 +30,11 @@ pub struct GenerationSpec {
     pub seed: Option<u64>,
     #[serde(default)]
     pub stop: Vec<String>,
+    /// OpenAI's `response_format`, sent to every target: `{ type = "json_object" }` or
+    /// `{ type = "json_schema", json_schema = { name = "...", schema = {...}, strict = true } }`.
+    /// The local model enforces it by constrained decoding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<crate::providers::ResponseFormat>,
 }
 
 fn d_max() -> usize {
@@ -47,6 +52,7 @@ impl Default for GenerationSpec {
             top_p: 1.0,
             seed: None,
             stop: Vec::new(),
+            response_format: None,
         }
     }
 }
@@ -418,6 +424,7 @@ impl Suite {
             seed: g.seed.map(|s| s + repeat as u64),
             stop: g.stop.clone(),
             raw: false,
+            response_format: g.response_format.clone(),
             ..Default::default()
         }
     }

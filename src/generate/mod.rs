@@ -1,6 +1,7 @@
 //! Generation: prefill, KV-cached decode, sampling, stop strings and EOS, streaming, batches of
 //! prompts (left-padded with masks), and per-token log-probabilities in the OpenAI shape.
 
+pub mod constrain;
 pub mod sampling;
 
 use std::time::{Duration, Instant};
@@ -32,6 +33,10 @@ pub struct GenerateOptions {
     pub stop: Vec<String>,
     /// Top-N log-probabilities per generated token (OpenAI `top_logprobs`), if wanted.
     pub logprobs: Option<usize>,
+    /// A grammar every answer must follow (OpenAI `response_format`): each row's tokens are
+    /// masked to those it allows, and EOS waits until the document is whole.
+    #[serde(skip)]
+    pub constraint: Option<std::sync::Arc<constrain::Grammar>>,
 }
 
 impl Default for GenerateOptions {
@@ -41,6 +46,7 @@ impl Default for GenerateOptions {
             sampling: SamplingParams::default(),
             stop: Vec::new(),
             logprobs: None,
+            constraint: None,
         }
     }
 }
@@ -117,6 +123,8 @@ pub struct Engine {
     pub model: CausalLm,
     pub tokenizer: ModelTokenizer,
     pub device: Device,
+    /// The vocabulary as a byte trie, built on the first constrained generation.
+    trie: std::sync::OnceLock<constrain::TokenTrie>,
 }
 
 /// Per-row state of a generation in progress.
@@ -129,16 +137,30 @@ struct Row {
     done: Option<FinishReason>,
     logprobs: Vec<TokenLogprob>,
     prompt_len: usize,
+    /// Where the row's answer is in the grammar, when generation is constrained.
+    matcher: Option<constrain::Matcher>,
 }
 
 impl Engine {
     /// The model of `files` on `device`, with its tokenizer.
     pub fn load(files: ModelFiles, device: &Device) -> Result<Self, LoadError> {
         let model = files.model_on(device)?;
-        Ok(Self {
+        Ok(Self::new(model, files.tokenizer, device.clone()))
+    }
+
+    pub fn new(model: CausalLm, tokenizer: ModelTokenizer, device: Device) -> Self {
+        Self {
             model,
-            tokenizer: files.tokenizer,
-            device: device.clone(),
+            tokenizer,
+            device,
+            trie: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The vocabulary's byte strings in a trie (what constrained decoding walks).
+    pub fn token_trie(&self) -> &constrain::TokenTrie {
+        self.trie.get_or_init(|| {
+            constrain::TokenTrie::new(self.tokenizer.token_bytes(), self.tokenizer.eos_ids.clone())
         })
     }
 
@@ -230,6 +252,7 @@ impl Engine {
                 done: None,
                 logprobs: Vec::new(),
                 prompt_len: p.len(),
+                matcher: opts.constraint.as_deref().map(constrain::Matcher::new),
             })
             .collect();
         let mut cache = KvCache::new(self.model.num_layers(), pad_left);
@@ -253,8 +276,12 @@ impl Engine {
                     continue;
                 }
                 row.sampler.penalise(&mut l, &row.seen);
-                let tok = row.sampler.sample(&l);
+                let tok = match (&opts.constraint, &mut row.matcher) {
+                    (Some(g), Some(m)) => self.sample_constrained(&mut row.sampler, &l, g, m),
+                    _ => row.sampler.sample(&l),
+                };
                 // The EOS token ends the text and, as with OpenAI, is not part of `logprobs.content`.
+                // Log-probabilities are the model's own, before any grammar mask.
                 if let Some(n) = opts
                     .logprobs
                     .filter(|_| !self.tokenizer.eos_ids.contains(&tok))
@@ -290,6 +317,31 @@ impl Engine {
             })
             .collect();
         Ok((out, timings))
+    }
+
+    /// Sample a token the grammar allows and move the matcher past it. The unmasked choice is
+    /// tried first: when the grammar takes it (most steps), the full mask is never computed.
+    /// Otherwise the step samples again from the masked logits. For greedy decoding this is
+    /// the argmax of the allowed tokens; for sampling it is exactly the distribution restricted
+    /// to them (a rejected draw is followed by a draw from the renormalised rest).
+    fn sample_constrained(
+        &self,
+        sampler: &mut Sampler,
+        logits: &[f32],
+        g: &constrain::Grammar,
+        m: &mut constrain::Matcher,
+    ) -> u32 {
+        let trie = self.token_trie();
+        let mut tok = sampler.sample(logits);
+        if !trie.accepts(g, m, tok) {
+            let mut masked = logits.to_vec();
+            constrain::mask_logits(&mut masked, g, m, trie);
+            tok = sampler.sample(&masked);
+        }
+        if let Some(b) = trie.bytes(tok) {
+            m.feed_all(g, b);
+        }
+        tok
     }
 
     /// Take one sampled token into a row: EOS, stop strings, and streaming of settled text.

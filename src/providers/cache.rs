@@ -40,7 +40,7 @@ impl ResponseCache {
     pub fn key(identity: &serde_json::Value, req: &ChatRequest, repeat: u32) -> String {
         let material =
             serde_json::json!({ "v": 1, "target": identity, "request": req, "repeat": repeat });
-        crate::util::sha256_hex(material.to_string().as_bytes())
+        crate::util::sha256_hex(crate::util::canonical_json(&material).as_bytes())
     }
 
     fn path(&self, key: &str) -> PathBuf {

@@ -134,6 +134,9 @@ impl HttpProvider {
         if !req.stop.is_empty() {
             o.insert("stop".into(), json!(req.stop));
         }
+        if let Some(f) = req.response_format.as_ref().filter(|_| !req.raw) {
+            o.insert("response_format".into(), json!(f));
+        }
         match (req.raw, req.logprobs) {
             (true, n) => {
                 if let Some(n) = n.or(req.echo.then_some(0)) {
@@ -542,6 +545,20 @@ mod tests {
         assert_eq!(v["max_tokens"], 5);
         assert_eq!(v["seed"], 3);
         assert_eq!(v["stream_options"]["include_usage"], true);
+        assert!(v.get("response_format").is_none());
+        // `response_format` goes as OpenAI writes it.
+        let fmt: crate::providers::ResponseFormat =
+            serde_json::from_value(json!({"type": "json_schema",
+            "json_schema": {"name": "a", "schema": {"type": "object"}, "strict": true}}))
+            .unwrap();
+        let v = provider("vllm", None).unwrap().body(&ChatRequest {
+            response_format: Some(fmt),
+            ..req()
+        });
+        assert_eq!(
+            v["response_format"],
+            json!({"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}, "strict": true}})
+        );
         let p = provider("openai-compatible", Some(json!("fastest")));
         assert!(p.is_err());
     }

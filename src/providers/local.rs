@@ -55,7 +55,8 @@ impl LocalProvider {
     }
 }
 
-/// Requests that can share a batch: same limits, sampling, stops and log-probabilities.
+/// Requests that can share a batch: same limits, sampling, stops, log-probabilities and
+/// response format.
 fn compatible(a: &ChatRequest, b: &ChatRequest) -> bool {
     a.max_tokens == b.max_tokens
         && a.temperature == b.temperature
@@ -63,6 +64,7 @@ fn compatible(a: &ChatRequest, b: &ChatRequest) -> bool {
         && a.seed == b.seed
         && a.stop == b.stop
         && a.logprobs == b.logprobs
+        && a.response_format == b.response_format
 }
 
 fn worker(engine: Engine, rx: mpsc::Receiver<Job>, batch: usize) {
@@ -133,6 +135,18 @@ fn run_batch(engine: &Engine, jobs: Vec<Job>) {
         return;
     }
     let r = &ok_jobs[0].req;
+    let constraint = match r.response_format.as_ref().map(|f| f.grammar()).transpose() {
+        Ok(g) => g.flatten().map(std::sync::Arc::new),
+        Err(detail) => {
+            for job in ok_jobs {
+                let _ = job.reply.send(Err(ProviderError::Unsupported {
+                    param: "response_format".into(),
+                    detail: detail.clone(),
+                }));
+            }
+            return;
+        }
+    };
     let opts = GenerateOptions {
         max_new_tokens: r.max_tokens,
         sampling: SamplingParams {
@@ -143,6 +157,7 @@ fn run_batch(engine: &Engine, jobs: Vec<Job>) {
         },
         stop: r.stop.clone(),
         logprobs: r.logprobs,
+        constraint,
     };
     let started = Instant::now();
     let mut first_text: Vec<Option<Instant>> = vec![None; ok_jobs.len()];

@@ -57,6 +57,65 @@ pub struct ChatRequest {
     /// token.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub bos: bool,
+    /// The answer's format (OpenAI `response_format`): JSON, or JSON that follows a schema.
+    /// The local model enforces it by constrained decoding; endpoints receive it as it is.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub response_format: Option<ResponseFormat>,
+}
+
+/// OpenAI's `response_format`, in its wire shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+/// `response_format.json_schema`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonSchemaFormat {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default = "any_schema")]
+    pub schema: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+fn any_schema() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+impl ResponseFormat {
+    /// The grammar that enforces it (None for plain text), or what cannot be enforced, named by
+    /// its place in the request (`response_format.json_schema.schema.properties.id.pattern`).
+    pub fn grammar(&self) -> Result<Option<crate::generate::constrain::Grammar>, String> {
+        use crate::generate::constrain::Grammar;
+        match self {
+            ResponseFormat::Text => Ok(None),
+            ResponseFormat::JsonObject => Ok(Some(Grammar::json_object())),
+            ResponseFormat::JsonSchema { json_schema } => {
+                if json_schema.name.is_empty()
+                    || !json_schema
+                        .name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                    || json_schema.name.len() > 64
+                {
+                    return Err(format!(
+                        "`response_format.json_schema.name`: `{}` must be 1 to 64 letters, digits, `_` or `-`",
+                        json_schema.name
+                    ));
+                }
+                Grammar::from_schema(&json_schema.schema)
+                    .map(Some)
+                    .map_err(|e| e.replacen("`schema", "`response_format.json_schema.schema", 1))
+            }
+        }
+    }
 }
 
 /// A provider's answer, with what it cost in tokens and time.
@@ -139,6 +198,10 @@ pub enum ProviderError {
     /// The local model failed.
     #[error("local model: {0}")]
     Local(String),
+    /// The request asks for what this target cannot do (a schema constrained decoding cannot
+    /// guarantee); `param` is the request's field, as OpenAI's errors name it.
+    #[error("unsupported request: {detail}")]
+    Unsupported { param: String, detail: String },
 }
 
 impl ProviderError {
@@ -188,6 +251,7 @@ impl ProviderError {
             ProviderError::ContextLength { .. }
             | ProviderError::Auth { .. }
             | ProviderError::Config(_)
+            | ProviderError::Unsupported { .. }
             | ProviderError::Local(_) => false,
         }
     }

@@ -8,7 +8,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::providers::{ChatRequest, ChatResponse, Message, Outcome, ProviderError};
+use crate::providers::{
+    ChatRequest, ChatResponse, Message, Outcome, ProviderError, ResponseFormat,
+};
 
 /// An OpenAI-style error response.
 pub fn error(
@@ -118,6 +120,9 @@ pub struct CompletionBody {
     /// Text completions: the prompt comes back before the completion (scored with `logprobs`).
     #[serde(default)]
     pub echo: bool,
+    /// `{"type": "text" | "json_object" | "json_schema", ...}`, checked in [`Self::requests`].
+    #[serde(default)]
+    response_format: Option<Value>,
 }
 
 /// The roles a chat request may use (`developer` is OpenAI's newer name for `system`).
@@ -220,6 +225,21 @@ impl CompletionBody {
         if matches!(self.logprobs, Some(Logprobs::Count(k)) if k > 20) {
             return Err(invalid("logprobs", "at most 20 alternatives".into()));
         }
+        let response_format = match &self.response_format {
+            None | Some(Value::Null) => None,
+            Some(v) => match serde_json::from_value::<ResponseFormat>(v.clone()) {
+                Ok(ResponseFormat::Text) => None,
+                Ok(f) => Some(f),
+                Err(e) => {
+                    return Err(invalid(
+                        "response_format",
+                        format!(
+                            "`response_format`: {e} (expected {{\"type\": \"text\" | \"json_object\" | \"json_schema\", \"json_schema\": {{\"name\", \"schema\", \"strict\"}}}})"
+                        ),
+                    ));
+                }
+            },
+        };
         let prompts: Vec<Vec<Message>> = if chat {
             let msgs = match &self.messages {
                 Some(m) if !m.is_empty() => m,
@@ -271,6 +291,7 @@ impl CompletionBody {
                     logprobs: self.logprobs(),
                     echo: !chat && self.echo,
                     bos: false,
+                    response_format: response_format.clone(),
                 });
             }
         }
@@ -317,6 +338,12 @@ pub fn provider_error(e: &ProviderError) -> Response {
             "invalid_request_error",
             detail.clone(),
             Some("messages"),
+        ),
+        ProviderError::Unsupported { param, detail } => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            detail.clone(),
+            Some(param.as_str()),
         ),
         ProviderError::Timeout(_) => {
             error(StatusCode::GATEWAY_TIMEOUT, "timeout", e.to_string(), None)

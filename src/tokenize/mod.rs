@@ -199,6 +199,67 @@ impl ModelTokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// What each token id writes, as bytes (None: a special token, which writes no text). Read
+    /// from the vocabulary: byte-level BPE maps bytes to printable characters (GPT-2's table,
+    /// inverted here); SentencePiece-style vocabularies write `▁` for a space and `<0xNN>` for
+    /// a byte. This is what constrained decoding matches, so a token standing for part of a
+    /// UTF-8 character keeps its raw byte (decoding it alone would give U+FFFD).
+    pub fn token_bytes(&self) -> Vec<Option<Vec<u8>>> {
+        let byte_level = self
+            .json
+            .get("decoder")
+            .is_some_and(|d| d.to_string().contains("\"ByteLevel\""));
+        let mut unicode_to_byte = std::collections::HashMap::new();
+        if byte_level {
+            let mut n = 0u32;
+            for b in 0..=255u8 {
+                let printable = matches!(b, 33..=126 | 161..=172 | 174..=255);
+                let c = if printable {
+                    char::from(b)
+                } else {
+                    n += 1;
+                    char::from_u32(255 + n).expect("a valid char")
+                };
+                unicode_to_byte.insert(c, b);
+            }
+        }
+        // Added tokens: special ones write nothing, the others their text as it is.
+        let added: std::collections::HashMap<u32, Option<Vec<u8>>> = self
+            .json
+            .get("added_tokens")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|t| {
+                let id = t.get("id").and_then(Value::as_u64)? as u32;
+                let special = t.get("special").and_then(Value::as_bool) == Some(true);
+                let text = t.get("content").and_then(Value::as_str).map(str::as_bytes);
+                Some((id, text.filter(|_| !special).map(<[u8]>::to_vec)))
+            })
+            .collect();
+        let size = self.inner.get_vocab_size(true) as u32;
+        (0..size)
+            .map(|id| {
+                if let Some(a) = added.get(&id) {
+                    return a.clone();
+                }
+                let tok = self.inner.id_to_token(id)?;
+                if byte_level {
+                    return tok
+                        .chars()
+                        .map(|c| unicode_to_byte.get(&c).copied())
+                        .collect();
+                }
+                if let Some(hex) = tok.strip_prefix("<0x").and_then(|t| t.strip_suffix('>'))
+                    && let Ok(b) = u8::from_str_radix(hex, 16)
+                {
+                    return Some(vec![b]);
+                }
+                Some(tok.replace('\u{2581}', " ").into_bytes())
+            })
+            .collect()
+    }
+
     /// Render the chat template, or say plainly that the model has none.
     pub fn apply_chat_template(
         &self,

@@ -130,7 +130,7 @@ impl Prepared {
             "steps": self.plan.total_steps, "seed": r.seed, "packing": r.sample_packing,
             "sched": r.lr_scheduler, "wd": r.weight_decay, "clip": r.max_grad_norm,
         });
-        crate::util::sha256_hex(key.to_string().as_bytes())[..16].to_string()
+        crate::util::sha256_hex(crate::util::canonical_json(&key).as_bytes())[..16].to_string()
     }
 
     /// The token that pads batches (the first EOS id).

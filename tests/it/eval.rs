@@ -134,6 +134,50 @@ fn shipped_suites_run_on_the_local_model() {
     }
 }
 
+/// `response_format` in a suite reaches the local model as constrained decoding: with the
+/// schema, every answer is JSON that validates; the same cases without it are mostly not JSON.
+#[test]
+fn a_response_format_is_enforced_on_the_local_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = dir.path().join("out");
+    cli_ok(
+        cli()
+            .current_dir(root)
+            .args([
+                "eval",
+                "evals/structured.toml",
+                "evals/structured-schema.toml",
+            ])
+            .args(["--limit", "8", "--no-cache", "--out"])
+            .arg(&out),
+    );
+    let rows = read_rows(&out.join("results.jsonl"));
+    let verdict = |r: &serde_json::Value, scorer: &str| -> f64 {
+        let v: Vec<serde_json::Value> =
+            serde_json::from_str(r["verdicts"].as_str().unwrap()).unwrap();
+        v.iter().find(|x| x["scorer"] == scorer).unwrap()["score"]
+            .as_f64()
+            .unwrap()
+    };
+    let (mut free_json, mut n) = (0.0, 0);
+    for r in &rows {
+        if r["suite"] == "structured-schema" {
+            n += 1;
+            let doc: serde_json::Value = serde_json::from_str(r["output"].as_str().unwrap())
+                .unwrap_or_else(|e| panic!("{e}: {r}"));
+            assert!(doc["count"].as_i64().unwrap() >= 1, "{r}");
+            assert!(!doc["first"].as_str().unwrap().is_empty(), "{r}");
+            assert_eq!(doc.as_object().unwrap().len(), 2, "{r}");
+            assert_eq!(verdict(r, "json_schema"), 1.0, "{r}");
+        } else {
+            free_json += verdict(r, "json");
+        }
+    }
+    assert_eq!(n, 8);
+    assert!(free_json < 4.0, "unconstrained, {free_json} of 8 were JSON");
+}
+
 #[test]
 fn a_suite_with_an_unknown_key_names_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -216,3 +216,76 @@ fn chat_answers_over_stdin() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("The capital of France is Paris."));
 }
+
+/// Constrained decoding on the real model. The bytes read from the vocabulary spell what the
+/// tokenizer encodes (multi-byte characters split across tokens included), special tokens have
+/// none; and under a schema every row of a batch, greedy or sampled, is JSON that follows it,
+/// where the same prompt unconstrained is prose.
+#[test]
+fn under_a_schema_every_row_of_a_batch_is_json_that_follows_it() {
+    use switchyard::generate::constrain::Grammar;
+    let e = engine();
+    let text = "Héllo 日本語 {\"a\": [1, 22]}\n\tend 🚀";
+    let ids = e.tokenizer.encode(text, false).unwrap();
+    let bytes = e.tokenizer.token_bytes();
+    let spelled: Vec<u8> = ids
+        .iter()
+        .flat_map(|&i| bytes[i as usize].clone().unwrap())
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&spelled), text);
+    assert!(bytes[e.tokenizer.eos_ids[0] as usize].is_none());
+
+    let schema = serde_json::json!({
+        "type": "object", "additionalProperties": false,
+        "required": ["name", "age", "mood", "friends"],
+        "properties": {
+            "name": {"type": "string", "minLength": 2, "maxLength": 12},
+            "age": {"type": "integer", "minimum": 30, "maximum": 40},
+            "mood": {"enum": ["happy", "sad"]},
+            "friends": {"type": "array", "items": {"type": "string", "maxLength": 10}, "minItems": 1, "maxItems": 2}
+        }
+    });
+    let g = std::sync::Arc::new(Grammar::from_schema(&schema).unwrap());
+    let prompts = vec![
+        chat_ids(&e, "Describe a fictional person."),
+        chat_ids(&e, "Tell me about your best friend."),
+    ];
+    let plain = GenerateOptions {
+        max_new_tokens: 20,
+        ..Default::default()
+    };
+    let (free, _) = e.generate_batch(&prompts[..1], &plain, |_, _| {}).unwrap();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&free[0].text).is_err(),
+        "{}",
+        free[0].text
+    );
+    for temperature in [0.0, 1.0] {
+        let opts = GenerateOptions {
+            max_new_tokens: 90,
+            sampling: SamplingParams {
+                temperature,
+                seed: 5,
+                ..Default::default()
+            },
+            constraint: Some(g.clone()),
+            ..Default::default()
+        };
+        let (gens, _) = e.generate_batch(&prompts, &opts, |_, _| {}).unwrap();
+        for out in gens {
+            assert_eq!(out.finish_reason, FinishReason::Stop, "{}", out.text);
+            let v: serde_json::Value =
+                serde_json::from_str(&out.text).unwrap_or_else(|err| panic!("{err}: {}", out.text));
+            let name = v["name"].as_str().unwrap().chars().count();
+            assert!((2..=12).contains(&name), "{v}");
+            assert!((30..=40).contains(&v["age"].as_i64().unwrap()), "{v}");
+            assert!(
+                ["happy", "sad"].contains(&v["mood"].as_str().unwrap()),
+                "{v}"
+            );
+            let friends = v["friends"].as_array().unwrap();
+            assert!((1..=2).contains(&friends.len()), "{v}");
+            assert_eq!(v.as_object().unwrap().len(), 4, "{v}");
+        }
+    }
+}

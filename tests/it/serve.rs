@@ -106,6 +106,29 @@ fn the_openai_client_talks_to_the_local_model() {
     assert_eq!(v["bad"]["role"][1], "messages[0].role");
     assert_eq!(v["bad"]["temperature"][1], "temperature");
     assert_eq!(v["bad"]["top_p"][1], "top_p");
+    // Structured output, enforced by constrained decoding: the client's `parse` gets a
+    // `Person`, a streamed answer validates against its schema (jsonschema), JSON mode gives an
+    // object, and what cannot be guaranteed is refused naming where it is.
+    assert_eq!(v["parsed_finish"], "stop", "{v}");
+    let person = &v["parsed"];
+    assert!(
+        person["name"].is_string() && person["age"].is_i64() && person["hobbies"].is_array(),
+        "{v}"
+    );
+    assert_eq!(v["schema_stream"][0], "valid", "{v}");
+    assert_eq!(v["json_object"][0], "object", "{v}");
+    let pattern = &v["bad_format"]["pattern"];
+    assert_eq!(pattern[0], 400, "{v}");
+    assert_eq!(pattern[1], "response_format");
+    assert!(
+        pattern[2]
+            .as_str()
+            .unwrap()
+            .contains("`response_format.json_schema.schema.properties.id.pattern`"),
+        "{v}"
+    );
+    assert_eq!(v["bad_format"]["kind"][0], 400, "{v}");
+    assert_eq!(v["bad_format"]["kind"][1], "response_format");
     // The prompt echoed and scored: its tokens spell it, the first has no log-probability, the
     // others do, each with its alternatives, and offsets point into the text.
     let prompt = "The capital of France is Paris";
