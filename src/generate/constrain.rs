@@ -550,12 +550,31 @@ fn all_bits(n: usize) -> u64 {
 }
 
 /// Where a generation is in the grammar: a pushdown automaton over bytes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub struct Matcher {
     stack: Vec<Frame>,
     ws: u8,
     took_ws: bool,
     complete: bool,
+}
+
+impl Clone for Matcher {
+    fn clone(&self) -> Self {
+        Self {
+            stack: self.stack.clone(),
+            ws: self.ws,
+            took_ws: self.took_ws,
+            complete: self.complete,
+        }
+    }
+
+    /// Reuses the stack's allocation (the trie walk copies a matcher at every node).
+    fn clone_from(&mut self, source: &Self) {
+        self.stack.clone_from(&source.stack);
+        self.ws = source.ws;
+        self.took_ws = source.took_ws;
+        self.complete = source.complete;
+    }
 }
 
 impl Matcher {
@@ -605,15 +624,23 @@ impl Matcher {
     /// Take one byte, or refuse it (leaving the matcher as it was) if no document the grammar
     /// allows continues with it.
     pub fn feed(&mut self, g: &Grammar, b: u8) -> bool {
+        let saved = self.clone();
+        let ok = self.step(g, b);
+        if !ok {
+            *self = saved;
+        }
+        ok
+    }
+
+    /// Take one byte; after a refusal the matcher is in no defined state (for copies that are
+    /// thrown away then, as in the trie walk: no saved copy to make).
+    fn step(&mut self, g: &Grammar, b: u8) -> bool {
         if self.complete {
             return false;
         }
-        let saved = self.clone();
         self.took_ws = false;
         let ok = self.read(g, b);
-        if !ok {
-            *self = saved;
-        } else if !self.took_ws {
+        if ok && !self.took_ws {
             self.ws = 0;
         }
         ok
@@ -1164,7 +1191,10 @@ impl TokenTrie {
             return m.can_end(g);
         }
         match self.bytes(id) {
-            Some(b) if !b.is_empty() => m.clone().feed_all(g, b),
+            Some(b) if !b.is_empty() => {
+                let mut m = m.clone();
+                b.iter().all(|&x| m.step(g, x))
+            }
             _ => false,
         }
     }
@@ -1179,22 +1209,31 @@ impl TokenTrie {
             return out;
         }
         let mut states = vec![m.clone()];
-        self.walk(g, 0, &mut states, &mut out);
+        self.walk(g, 0, 0, &mut states, &mut out);
         out
     }
 
-    fn walk(&self, g: &Grammar, node: usize, states: &mut Vec<Matcher>, out: &mut Vec<u32>) {
-        let depth = states.len() - 1;
-        states.push(states[depth].clone());
+    /// Depth-first over the trie: `states[depth]` is the matcher after this node's bytes; the
+    /// deeper entries are reused from node to node (no allocation once they exist).
+    fn walk(
+        &self,
+        g: &Grammar,
+        node: usize,
+        depth: usize,
+        states: &mut Vec<Matcher>,
+        out: &mut Vec<u32>,
+    ) {
+        if states.len() <= depth + 1 {
+            states.push(states[depth].clone());
+        }
         for &(byte, child) in &self.children[node] {
             let (before, after) = states.split_at_mut(depth + 1);
             after[0].clone_from(&before[depth]);
-            if after[0].feed(g, byte) {
+            if after[0].step(g, byte) {
                 out.extend(&self.tokens[child as usize]);
-                self.walk(g, child as usize, states, out);
+                self.walk(g, child as usize, depth + 1, states, out);
             }
         }
-        states.pop();
     }
 }
 

@@ -246,6 +246,26 @@ fn under_a_schema_every_row_of_a_batch_is_json_that_follows_it() {
         }
     });
     let g = std::sync::Arc::new(Grammar::from_schema(&schema).unwrap());
+    // The trie walk finds exactly the tokens a brute-force check of the whole vocabulary finds,
+    // in a key, in a bounded string, in a number and where only `}` or `,` may come.
+    let trie = e.token_trie();
+    for prefix in [
+        "",
+        "{\"na",
+        "{\"name\": \"Bo",
+        "{\"name\": \"Bob\", \"age\": 3",
+        "{\"name\": \"Bob\", \"age\": 33, \"mood\": \"sad\", \"friends\": [\"a\"]",
+    ] {
+        let mut m = switchyard::generate::constrain::Matcher::new(&g);
+        assert!(m.feed_all(&g, prefix.as_bytes()), "{prefix}");
+        let mut walk = trie.allowed(&g, &m);
+        walk.sort_unstable();
+        let brute: Vec<u32> = (0..bytes.len() as u32)
+            .filter(|&t| trie.accepts(&g, &m, t))
+            .collect();
+        assert_eq!(walk, brute, "after {prefix:?}");
+        assert!(!walk.is_empty(), "after {prefix:?}");
+    }
     let prompts = vec![
         chat_ids(&e, "Describe a fictional person."),
         chat_ids(&e, "Tell me about your best friend."),
