@@ -8,7 +8,9 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::presets::{Preset, Routing};
-use super::{BoxFuture, ChatRequest, ChatResponse, Deltas, Provider, ProviderError};
+use super::{
+    BoxFuture, ChatRequest, ChatResponse, Deltas, Provider, ProviderError, ResponseFormat,
+};
 use crate::generate::{ScoredToken, TokenLogprob, TopLogprob};
 
 /// A configured OpenAI-compatible endpoint.
@@ -135,7 +137,13 @@ impl HttpProvider {
             o.insert("stop".into(), json!(req.stop));
         }
         if let Some(f) = req.response_format.as_ref().filter(|_| !req.raw) {
-            o.insert("response_format".into(), json!(f));
+            let v = match f {
+                ResponseFormat::JsonSchema { json_schema } if self.preset.schema_as_json_object => {
+                    json!({"type": "json_object", "schema": json_schema.schema})
+                }
+                f => json!(f),
+            };
+            o.insert("response_format".into(), v);
         }
         match (req.raw, req.logprobs) {
             (true, n) => {
@@ -558,6 +566,19 @@ mod tests {
         assert_eq!(
             v["response_format"],
             json!({"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}, "strict": true}})
+        );
+        // llama.cpp's servers get the schema in their own spelling.
+        let v = provider("llamacpp", None).unwrap().body(&ChatRequest {
+            response_format: Some(
+                serde_json::from_value(json!({"type": "json_schema",
+                "json_schema": {"name": "a", "schema": {"type": "object"}}}))
+                .unwrap(),
+            ),
+            ..req()
+        });
+        assert_eq!(
+            v["response_format"],
+            json!({"type": "json_object", "schema": {"type": "object"}})
         );
         let p = provider("openai-compatible", Some(json!("fastest")));
         assert!(p.is_err());

@@ -32,6 +32,9 @@ pub struct Preset {
     /// Its `/v1/completions` returns the prompt's log-probabilities (`echo` with `logprobs`),
     /// which log-likelihood suites need; chat-only endpoints do not.
     pub prompt_logprobs: bool,
+    /// A JSON Schema goes as `{"type": "json_object", "schema": ...}` (llama.cpp's spelling;
+    /// llama-cpp-python takes only that one) rather than OpenAI's `json_schema`.
+    pub schema_as_json_object: bool,
     pub docs: &'static str,
 }
 
@@ -46,6 +49,7 @@ const fn preset(name: &'static str, base_url: &'static str, api_key_env: &'stati
         seed_field: Some("seed"),
         stream_usage: true,
         prompt_logprobs: false,
+        schema_as_json_object: false,
         docs: "",
     }
 }
@@ -125,6 +129,7 @@ pub const PRESETS: &[Preset] = &[
     },
     Preset {
         docs: "a llama.cpp server (`llama-server`, or `python -m llama_cpp.server`)",
+        schema_as_json_object: true,
         ..scoring(local(preset(
             "llamacpp",
             "http://127.0.0.1:8080/v1",
