@@ -495,6 +495,19 @@ enum NumStage {
     Exp,
 }
 
+/// A number being read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Num {
+    node: NodeId,
+    stage: NumStage,
+    neg: bool,
+    /// The integer part's value and digits.
+    value: u64,
+    digits: u8,
+    /// Digits of the fraction or exponent being read.
+    part: u8,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Frame {
     /// Before a value: whitespace, then its first byte.
@@ -520,18 +533,13 @@ enum Frame {
         /// UTF-8 continuation bytes still due.
         utf8: u8,
     },
-    Num {
-        node: NodeId,
-        stage: NumStage,
-        neg: bool,
-        /// The integer part's value and digits.
-        value: u64,
-        digits: u8,
-        /// Digits of the fraction or exponent being read.
-        part: u8,
-    },
+    Num(Num),
     /// The texts of a literals node still possible, a bit each.
-    Lit { node: NodeId, pos: u16, mask: u64 },
+    Lit {
+        node: NodeId,
+        pos: u16,
+        mask: u64,
+    },
     /// A declared key: the object's keys from `base` still possible.
     Key {
         node: NodeId,
@@ -602,13 +610,7 @@ impl Matcher {
             return false;
         }
         match self.stack[0] {
-            Frame::Num {
-                node,
-                stage,
-                neg,
-                value,
-                ..
-            } => number_ends(g, node, stage, neg, value),
+            Frame::Num(n) => n.can_end(g),
             Frame::Lit { node, pos, mask } => match g.node(node) {
                 Node::Literals(ls) => ls
                     .iter()
@@ -727,14 +729,14 @@ impl Matcher {
                             esc: 0,
                             utf8: 0,
                         },
-                        Node::Integer { .. } | Node::Number => Frame::Num {
+                        Node::Integer { .. } | Node::Number => Frame::Num(Num {
                             node: id,
                             stage: NumStage::Start,
                             neg: false,
                             value: 0,
                             digits: 0,
                             part: 0,
-                        },
+                        }),
                         Node::Literals(ls) => Frame::Lit {
                             node: id,
                             pos: 0,
@@ -932,19 +934,12 @@ impl Matcher {
                         },
                     };
                 }
-                Frame::Num {
-                    node,
-                    stage,
-                    neg,
-                    value,
-                    digits,
-                    part,
-                } => match number_step(g, node, stage, neg, value, digits, part, b) {
-                    Some(f) => {
-                        *self.top() = f;
+                Frame::Num(n) => match n.step(g, b) {
+                    Some(next) => {
+                        *self.top() = Frame::Num(next);
                         return true;
                     }
-                    None if number_ends(g, node, stage, neg, value) => self.pop(None),
+                    None if n.can_end(g) => self.pop(None),
                     None => return false,
                 },
                 Frame::Lit { node, pos, mask } => {
@@ -1034,77 +1029,81 @@ fn literal_step<'a>(texts: impl Iterator<Item = &'a [u8]>, pos: u16, mask: u64, 
     }
 }
 
-/// The next state of a number, or None if the byte is not part of it.
-#[allow(clippy::too_many_arguments)]
-fn number_step(
-    g: &Grammar,
-    node: NodeId,
-    stage: NumStage,
-    neg: bool,
-    value: u64,
-    digits: u8,
-    part: u8,
-    b: u8,
-) -> Option<Frame> {
-    let (integer, min, max) = match g.node(node) {
-        Node::Integer { min, max } => (true, *min, *max),
-        _ => (false, -INT_LIMIT, INT_LIMIT),
-    };
-    let f = |stage, neg, value, digits, part| {
-        Some(Frame::Num {
-            node,
+impl Num {
+    /// The next state after byte `b`, or None if `b` is not part of the number.
+    fn step(self, g: &Grammar, b: u8) -> Option<Num> {
+        let (integer, min, max) = match g.node(self.node) {
+            Node::Integer { min, max } => (true, *min, *max),
+            _ => (false, -INT_LIMIT, INT_LIMIT),
+        };
+        let Num {
             stage,
             neg,
             value,
             digits,
             part,
-        })
-    };
-    let d = b.wrapping_sub(b'0') as u64;
-    match (stage, b) {
-        (NumStage::Start, b'-') if min < 0 => f(NumStage::Minus, true, 0, 0, 0),
-        (NumStage::Start | NumStage::Minus, b'0') => {
-            reachable(neg, 0, false, min, max).then(|| f(NumStage::Zero, neg, 0, 1, 0))?
-        }
-        (NumStage::Start | NumStage::Minus, b'1'..=b'9') | (NumStage::Int, b'0'..=b'9') => {
-            if digits >= MAX_INT_DIGITS {
-                return None;
+            ..
+        } = self;
+        let f = |stage, neg, value, digits, part| {
+            Some(Num {
+                stage,
+                neg,
+                value,
+                digits,
+                part,
+                ..self
+            })
+        };
+        let d = b.wrapping_sub(b'0') as u64;
+        match (stage, b) {
+            (NumStage::Start, b'-') if min < 0 => f(NumStage::Minus, true, 0, 0, 0),
+            (NumStage::Start | NumStage::Minus, b'0') => {
+                reachable(neg, 0, false, min, max).then(|| f(NumStage::Zero, neg, 0, 1, 0))?
             }
-            let v = value * 10 + d;
-            reachable(neg, v as i128, digits + 1 < MAX_INT_DIGITS, min, max)
-                .then(|| f(NumStage::Int, neg, v, digits + 1, 0))?
+            (NumStage::Start | NumStage::Minus, b'1'..=b'9') | (NumStage::Int, b'0'..=b'9') => {
+                if digits >= MAX_INT_DIGITS {
+                    return None;
+                }
+                let v = value * 10 + d;
+                reachable(neg, v as i128, digits + 1 < MAX_INT_DIGITS, min, max)
+                    .then(|| f(NumStage::Int, neg, v, digits + 1, 0))?
+            }
+            (NumStage::Zero | NumStage::Int, b'.') if !integer => {
+                f(NumStage::FracStart, neg, value, digits, 0)
+            }
+            (NumStage::Zero | NumStage::Int | NumStage::Frac, b'e' | b'E') if !integer => {
+                f(NumStage::ExpStart, neg, value, digits, 0)
+            }
+            (NumStage::FracStart | NumStage::Frac, b'0'..=b'9') if part < MAX_FRAC_DIGITS => {
+                f(NumStage::Frac, neg, value, digits, part + 1)
+            }
+            (NumStage::ExpStart, b'+' | b'-') => f(NumStage::ExpSign, neg, value, digits, 0),
+            (NumStage::ExpStart | NumStage::ExpSign | NumStage::Exp, b'0'..=b'9')
+                if part < MAX_EXP_DIGITS =>
+            {
+                f(NumStage::Exp, neg, value, digits, part + 1)
+            }
+            _ => None,
         }
-        (NumStage::Zero | NumStage::Int, b'.') if !integer => {
-            f(NumStage::FracStart, neg, value, digits, 0)
-        }
-        (NumStage::Zero | NumStage::Int | NumStage::Frac, b'e' | b'E') if !integer => {
-            f(NumStage::ExpStart, neg, value, digits, 0)
-        }
-        (NumStage::FracStart | NumStage::Frac, b'0'..=b'9') if part < MAX_FRAC_DIGITS => {
-            f(NumStage::Frac, neg, value, digits, part + 1)
-        }
-        (NumStage::ExpStart, b'+' | b'-') => f(NumStage::ExpSign, neg, value, digits, 0),
-        (NumStage::ExpStart | NumStage::ExpSign | NumStage::Exp, b'0'..=b'9')
-            if part < MAX_EXP_DIGITS =>
-        {
-            f(NumStage::Exp, neg, value, digits, part + 1)
-        }
-        _ => None,
     }
-}
 
-/// Whether a number may end in this state (whole, and an integer within its bounds).
-fn number_ends(g: &Grammar, node: NodeId, stage: NumStage, neg: bool, value: u64) -> bool {
-    let whole = matches!(
-        stage,
-        NumStage::Zero | NumStage::Int | NumStage::Frac | NumStage::Exp
-    );
-    match g.node(node) {
-        Node::Integer { min, max } => {
-            let v = if neg { -(value as i128) } else { value as i128 };
-            whole && (*min..=*max).contains(&v)
+    /// Whether the number may end here (whole, and an integer within its bounds).
+    fn can_end(self, g: &Grammar) -> bool {
+        let whole = matches!(
+            self.stage,
+            NumStage::Zero | NumStage::Int | NumStage::Frac | NumStage::Exp
+        );
+        match g.node(self.node) {
+            Node::Integer { min, max } => {
+                let v = if self.neg {
+                    -(self.value as i128)
+                } else {
+                    self.value as i128
+                };
+                whole && (*min..=*max).contains(&v)
+            }
+            _ => whole,
         }
-        _ => whole,
     }
 }
 
