@@ -27,6 +27,10 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        #[cfg(feature = "cpu")]
+        if super::fused::applies(&x) {
+            return super::fused::rms_norm(x, self.weight.val(), self.eps);
+        }
         let var = x.clone().powi_scalar(2).mean_dim(D - 1);
         let x = x * (var + self.eps).sqrt().recip();
         x * self.weight.val().unsqueeze()
@@ -160,7 +164,18 @@ fn dense(l: &Linear, x: Tensor<3>) -> Tensor<3> {
             };
         }
     }
-    l.forward(x)
+    // One `[b·s, k] · [k, n]` product rather than `b` broadcast ones: the weight is packed once
+    // and gemm splits the rows over every thread (the batched form packs it per batch row).
+    let [b, s, k] = x.dims();
+    let n = l.weight.dims()[1];
+    let y = x
+        .reshape([b * s, k])
+        .matmul(l.weight.val())
+        .reshape([b, s, n]);
+    match &l.bias {
+        Some(bias) => y + bias.val().unsqueeze(),
+        None => y,
+    }
 }
 
 impl Mlp {
@@ -168,6 +183,10 @@ impl Mlp {
         let [gate, up]: [Tensor<3>; 2] = project_many(&[&self.gate_proj, &self.up_proj], x)
             .try_into()
             .expect("two projections");
+        #[cfg(feature = "cpu")]
+        if super::fused::applies(&gate) {
+            return project(&self.down_proj, super::fused::silu_mul(gate, up));
+        }
         project(&self.down_proj, silu(gate) * up)
     }
 }
@@ -189,6 +208,31 @@ impl Attention {
             project_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x)
                 .try_into()
                 .expect("three projections");
+        #[cfg(feature = "cpu")]
+        if super::fused::applies(&q)
+            && (q.is_autodiff()
+                || s > super::kernels::MAX_ROWS
+                || !super::kernels::applies(&q.device()))
+        {
+            // Prompts and training on the CPU: RoPE on the projections' own `[b, s, n, d]`
+            // layout, then one fused pass of attention that writes `[b, s, h, d]`, which the
+            // output projection reads as is (no transposing copies either way).
+            let [cb, _, cs, cd] = cos.dims();
+            let (cos3, sin3) = (
+                cos.clone().reshape([cb, cs, cd]),
+                sin.clone().reshape([cb, cs, cd]),
+            );
+            let rot = |t: Tensor<3>, n: usize| {
+                super::fused::rope(t.reshape([b, s, n, d]), cos3.clone(), sin3.clone())
+                    .swap_dims(1, 2)
+            };
+            let q = rot(q, h);
+            let k = rot(k, kv);
+            let v = v.reshape([b, s, kv, d]).swap_dims(1, 2);
+            let (k, v) = cache.append(k, v);
+            let out = super::fused::attention(q, k, v, mask.clone(), 1.0 / (d as f64).sqrt());
+            return project(&self.o_proj, out.reshape([b, s, h * d]));
+        }
         let q = Rope::apply(split(q, h), cos, sin);
         let k = Rope::apply(split(k, kv), cos, sin);
         let v = split(v, kv);
@@ -332,6 +376,10 @@ impl CausalLm {
             Some(head) => project(head, picked.reshape([1, n, h])).reshape([n, 0]),
             None => picked.matmul(self.embed_tokens.val().transpose()),
         };
+        #[cfg(feature = "cpu")]
+        if super::fused::applies(&logits) {
+            return super::fused::nll(logits, labels).sum();
+        }
         // NLL = logsumexp(z) - z[label], without materialising the whole log-softmax.
         let max = logits.clone().max_dim(1).detach();
         let lse = (logits.clone() - max.clone()).exp().sum_dim(1).log() + max;

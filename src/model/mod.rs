@@ -8,6 +8,8 @@
 pub mod cache;
 pub mod config;
 #[cfg(feature = "cpu")]
+pub mod fused;
+#[cfg(feature = "cpu")]
 pub mod kernels;
 pub mod llama;
 pub mod lora;
