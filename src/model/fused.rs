@@ -599,11 +599,7 @@ fn attention_forward(
         let rows = block_rows(s, t);
         let mut p = vec![0f32; rows.min(s) * t];
         let (qh, kh_, vh) = (head(&qv, bi, hi), head(&kv_, bi, kh), head(&vv, bi, kh));
-        let o = Mat(
-            dst.at((bi * s * h + hi) * d),
-            (h * d) as isize,
-            1,
-        );
+        let o = Mat(dst.at((bi * s * h + hi) * d), (h * d) as isize, 1);
         simd!({
             for r0 in (0..s).step_by(rows) {
                 let n = rows.min(s - r0);
