@@ -53,6 +53,15 @@ pub trait Fused: Backend {
         mask: FloatTensor<Self>,
         scale: f64,
     ) -> FloatTensor<Self>;
+    /// A projection with its LoRA adapter in one op: `x·W + scale·(x·A)·B` for `x` `[m, k]`,
+    /// `W` `[k, n]` (any strides), `A` `[k, r]`, `B` `[r, n]`.
+    fn fused_lora_linear(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self>;
 }
 
 pub fn rms_norm<const D: usize>(x: Tensor<D>, w: Tensor<1>, eps: f64) -> Tensor<D> {
@@ -726,6 +735,125 @@ fn attention_backward(
     g
 }
 
+pub fn lora_linear(
+    x: Tensor<2>,
+    w: Tensor<2>,
+    a: Tensor<2>,
+    b: Tensor<2>,
+    scale: f64,
+) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as Fused>::fused_lora_linear(
+        x.into_dispatch(),
+        w.into_dispatch(),
+        a.into_dispatch(),
+        b.into_dispatch(),
+        scale,
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// LoRA projection.
+
+/// A 2-D tensor as a gemm operand (f32, any strides).
+fn mat(t: &FlexTensor) -> Mat {
+    assert_eq!(t.dtype(), DType::F32, "fused kernels take f32");
+    let st = t.layout().strides();
+    Mat(
+        t.storage::<f32>()[t.layout().start_offset()..].as_ptr(),
+        st[0],
+        st[1],
+    )
+}
+
+/// `dst [m, n] (+)= beta · lhs · rhs` over every thread when the product is large enough.
+///
+/// # Safety
+/// As [`gemm`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_par(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: Mat,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    beta: f32,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0 as *mut f32,
+            dst.2,
+            dst.1,
+            accumulate,
+            lhs.0,
+            lhs.2,
+            lhs.1,
+            rhs.0,
+            rhs.2,
+            rhs.1,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        )
+    }
+}
+
+/// `(y, x·A)`: the projection and its adapter's rank-r intermediate.
+fn lora_forward(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    a: &FlexTensor,
+    b: &FlexTensor,
+    scale: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let (m, k) = (dims(x)[0], dims(x)[1]);
+    let (n, r) = (dims(w)[1], dims(a)[1]);
+    let mut y = vec![0f32; m * n];
+    let mut xa = vec![0f32; m * r];
+    // SAFETY: every operand is a valid f32 matrix of the stated shape; outputs are fresh.
+    unsafe {
+        gemm_par(
+            m,
+            n,
+            k,
+            Mat(y.as_mut_ptr(), n as isize, 1),
+            false,
+            mat(x),
+            mat(w),
+            1.0,
+        );
+        gemm_par(
+            m,
+            r,
+            k,
+            Mat(xa.as_mut_ptr(), r as isize, 1),
+            false,
+            mat(x),
+            mat(a),
+            1.0,
+        );
+        gemm_par(
+            m,
+            n,
+            r,
+            Mat(y.as_mut_ptr(), n as isize, 1),
+            true,
+            Mat(xa.as_ptr(), r as isize, 1),
+            mat(b),
+            scale,
+        );
+    }
+    (y, xa)
+}
+
 fn int_labels(labels: FlexTensor) -> Vec<i64> {
     labels
         .into_data()
@@ -780,6 +908,19 @@ impl Fused for Flex {
         let AttnShape { b, h, s, d, .. } = attn_shape(&q, &k);
         let (out, _) = attention_forward(&q, &k, &v, f32s(&mask), scale as f32);
         tensor(out, vec![b, s, h, d])
+    }
+
+    fn fused_lora_linear(
+        x: FlexTensor,
+        w: FlexTensor,
+        a: FlexTensor,
+        b: FlexTensor,
+        scale: f64,
+    ) -> FlexTensor {
+        let x = contiguous(x);
+        let (m, n) = (dims(&x)[0], dims(&w)[1]);
+        let (y, _) = lora_forward(&x, &w, &a, &b, scale as f32);
+        tensor(y, vec![m, n])
     }
 }
 
@@ -1049,6 +1190,137 @@ impl<C: CheckpointStrategy> Fused for Ad<C> {
             )),
         }
     }
+
+    fn fused_lora_linear(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug, Clone)]
+        struct Saved {
+            x: FlexTensor,
+            w: FlexTensor,
+            a: FlexTensor,
+            b: FlexTensor,
+            xa: Vec<f32>,
+            scale: f32,
+        }
+        #[derive(Debug)]
+        struct LoraBackward;
+        impl Backward<Flex, 4> for LoraBackward {
+            type State = Saved;
+            fn backward(
+                self,
+                ops: Ops<Self::State, 4>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let [nx, nw, na, nb] = ops.parents;
+                let g = contiguous(grads.consume::<Flex>(&ops.node));
+                let st = ops.state;
+                let (m, k) = (dims(&st.x)[0], dims(&st.x)[1]);
+                let (n, r) = (dims(&st.w)[1], dims(&st.a)[1]);
+                let gm = Mat(f32s(&g).as_ptr(), n as isize, 1);
+                // gb = scale · g·Bᵀ `[m, r]`: the gradient reaching the adapter's intermediate.
+                let mut gb = vec![0f32; m * r];
+                // SAFETY: every operand is a valid f32 matrix of the stated shape; each output
+                // is a fresh buffer.
+                unsafe {
+                    gemm_par(
+                        m,
+                        r,
+                        n,
+                        Mat(gb.as_mut_ptr(), r as isize, 1),
+                        false,
+                        gm,
+                        mat(&st.b).t(),
+                        st.scale,
+                    );
+                    let gbm = Mat(gb.as_ptr(), r as isize, 1);
+                    if let Some(node) = nx {
+                        let mut dx = vec![0f32; m * k];
+                        let dxm = Mat(dx.as_mut_ptr(), k as isize, 1);
+                        gemm_par(m, k, n, dxm, false, gm, mat(&st.w).t(), 1.0);
+                        gemm_par(m, k, r, dxm, true, gbm, mat(&st.a).t(), 1.0);
+                        grads.register::<Flex>(node.id, tensor(dx, vec![m, k]));
+                    }
+                    if let Some(node) = na {
+                        let mut da = vec![0f32; k * r];
+                        gemm_par(
+                            k,
+                            r,
+                            m,
+                            Mat(da.as_mut_ptr(), r as isize, 1),
+                            false,
+                            mat(&st.x).t(),
+                            gbm,
+                            1.0,
+                        );
+                        grads.register::<Flex>(node.id, tensor(da, vec![k, r]));
+                    }
+                    if let Some(node) = nb {
+                        let mut db = vec![0f32; r * n];
+                        let xam = Mat(st.xa.as_ptr(), r as isize, 1);
+                        gemm_par(
+                            r,
+                            n,
+                            m,
+                            Mat(db.as_mut_ptr(), n as isize, 1),
+                            false,
+                            xam.t(),
+                            gm,
+                            st.scale,
+                        );
+                        grads.register::<Flex>(node.id, tensor(db, vec![r, n]));
+                    }
+                    if let Some(node) = nw {
+                        let mut dw = vec![0f32; k * n];
+                        gemm_par(
+                            k,
+                            n,
+                            m,
+                            Mat(dw.as_mut_ptr(), n as isize, 1),
+                            false,
+                            mat(&st.x).t(),
+                            gm,
+                            1.0,
+                        );
+                        grads.register::<Flex>(node.id, tensor(dw, vec![k, n]));
+                    }
+                }
+            }
+        }
+        match LoraBackward
+            .prepare::<C>([x.node(), w.node(), a.node(), b.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let x = contiguous(x.into_primitive());
+                let (w, a, b) = (w.into_primitive(), a.into_primitive(), b.into_primitive());
+                let (m, n) = (dims(&x)[0], dims(&w)[1]);
+                let (y, xa) = lora_forward(&x, &w, &a, &b, scale as f32);
+                let saved = Saved {
+                    x,
+                    w,
+                    a,
+                    b,
+                    xa,
+                    scale: scale as f32,
+                };
+                prep.finish(saved, tensor(y, vec![m, n]))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::fused_lora_linear(
+                x.into_primitive(),
+                w.into_primitive(),
+                a.into_primitive(),
+                b.into_primitive(),
+                scale,
+            )),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1261,5 +1533,28 @@ mod tests {
         );
         let want = kernel(&[q, k, v]).inner();
         close("attention without autodiff", got, want);
+    }
+    #[test]
+    fn lora_linear_matches_burns_ops_values_and_gradients() {
+        let (m, k, n, r) = (37, 40, 29, 4);
+        // W as a transposed view of an `[n, k]` matrix, as the model holds it.
+        check(
+            "lora_linear",
+            [rand([m, k]), rand([n, k]), rand([k, r]), rand([r, n])],
+            |t| {
+                lora_linear(
+                    t[0].clone(),
+                    t[1].clone().transpose(),
+                    t[2].clone(),
+                    t[3].clone(),
+                    0.7,
+                )
+            },
+            |t| {
+                let x = t[0].clone();
+                x.clone().matmul(t[1].clone().transpose())
+                    + x.matmul(t[2].clone()).matmul(t[3].clone()) * 0.7
+            },
+        );
     }
 }

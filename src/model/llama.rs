@@ -100,8 +100,9 @@ fn project(p: &Proj, x: Tensor<3>) -> Tensor<3> {
 /// quantised one when every projection kept its GGUF blocks (all of them in one parallel region),
 /// else the f32 small-matmul kernel.
 fn project_many(ps: &[&Proj], x: Tensor<3>) -> Vec<Tensor<3>> {
-    let base = quantized(ps, &x)
-        .unwrap_or_else(|| ps.iter().map(|p| dense(&p.linear, x.clone())).collect());
+    let Some(base) = quantized(ps, &x) else {
+        return ps.iter().map(|p| project_one(p, x.clone())).collect();
+    };
     base.into_iter()
         .zip(ps)
         .map(|(y, p)| match &p.lora {
@@ -109,6 +110,39 @@ fn project_many(ps: &[&Proj], x: Tensor<3>) -> Vec<Tensor<3>> {
             None => y,
         })
         .collect()
+}
+
+/// One projection of `x` and its adapter. Training and prompts on the CPU take the fused
+/// kernel: the adapter's product accumulates into the projection's output, and its backward
+/// pass is a handful of products, without the element-wise scale and sum in between.
+fn project_one(p: &Proj, x: Tensor<3>) -> Tensor<3> {
+    #[cfg(feature = "cpu")]
+    if let Some(lora) = &p.lora
+        && super::fused::applies(&x)
+        && (lora.dropout == 0.0 || !x.is_autodiff())
+    {
+        let [b, s, k] = x.dims();
+        if x.is_autodiff() || b * s > super::kernels::MAX_ROWS {
+            let n = p.linear.weight.dims()[1];
+            let y = super::fused::lora_linear(
+                x.reshape([b * s, k]),
+                p.linear.weight.val(),
+                lora.a.val(),
+                lora.b.val(),
+                lora.scale,
+            )
+            .reshape([b, s, n]);
+            return match &p.linear.bias {
+                Some(bias) => y + bias.val().unsqueeze(),
+                None => y,
+            };
+        }
+    }
+    let y = dense(&p.linear, x.clone());
+    match &p.lora {
+        Some(lora) => y + lora.forward(x),
+        None => y,
+    }
 }
 
 /// `x · W (+ b)` for each projection from its quantised blocks, when all of them have blocks and
