@@ -203,21 +203,7 @@ fn sigmoid(x: f32) -> f32 {
 
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const L: usize = 16;
-    let mut acc = [0f32; L];
-    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..L {
-            acc[i] = x[i].mul_add(y[i], acc[i]);
-        }
-    }
-    acc.iter().sum::<f32>() + tail
+    super::kernels::dot_portable::<16>(a, b)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -474,9 +460,14 @@ impl Shared {
     }
 }
 
+/// One thread for [`gemm`].
+const ONE: gemm::Parallelism = gemm::Parallelism::None;
+/// Every thread for [`gemm`], when gemm finds the product large enough.
+pub(super) const ALL: gemm::Parallelism = gemm::Parallelism::Rayon(0);
+
 /// A strided matrix operand: pointer, row stride, column stride (in elements).
 #[derive(Clone, Copy)]
-struct Mat(*const f32, isize, isize);
+pub(super) struct Mat(pub(super) *const f32, pub(super) isize, pub(super) isize);
 
 impl Mat {
     /// The transpose, as a view.
@@ -497,12 +488,14 @@ fn block_rows(s: usize, t: usize) -> usize {
     (VALUES / t.max(1)).clamp(4, s.max(4))
 }
 
-/// `dst [m, n] (+)= beta · lhs [m, k] · rhs [k, n]`, one thread (tasks are the parallel unit).
+/// `dst [m, n] (+)= beta · lhs [m, k] · rhs [k, n]`, on one thread ([`ONE`]: the caller's tasks
+/// are the parallel unit) or on every thread when the product is large enough ([`ALL`]).
 ///
 /// # Safety
 /// The pointers and strides must describe valid matrices of these sizes; `dst` must not alias.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm(
+pub(super) unsafe fn gemm(
+    par: gemm::Parallelism,
     m: usize,
     n: usize,
     k: usize,
@@ -533,7 +526,7 @@ unsafe fn gemm(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            par,
         )
     }
 }
@@ -617,6 +610,7 @@ fn attention_forward(
                 // output block (row `bi`, head `hi`) is written by this task only.
                 unsafe {
                     gemm(
+                        ONE,
                         n,
                         t,
                         d,
@@ -628,6 +622,7 @@ fn attention_forward(
                     );
                     softmax_rows(p, &m[r0 * t..(r0 + n) * t], t, None, &mut l[r0..r0 + n]);
                     gemm(
+                        ONE,
                         n,
                         d,
                         t,
@@ -706,7 +701,7 @@ fn attention_backward(
                     // belong to this task alone.
                     unsafe {
                         let pm = Mat(p.as_mut_ptr(), t as isize, 1);
-                        gemm(n, t, d, pm, false, qh.skip_rows(r0), kh_.t(), scale);
+                        gemm(ONE, n, t, d, pm, false, qh.skip_rows(r0), kh_.t(), scale);
                         softmax_rows(
                             p,
                             &m[r0 * t..(r0 + n) * t],
@@ -715,7 +710,7 @@ fn attention_backward(
                             &mut [],
                         );
                         let dsm = Mat(dp.as_mut_ptr(), t as isize, 1);
-                        gemm(n, t, d, dsm, false, go.skip_rows(r0), vh.t(), 1.0);
+                        gemm(ONE, n, t, d, dsm, false, go.skip_rows(r0), vh.t(), 1.0);
                         for ((ds, pr), dl) in
                             dp.chunks_exact_mut(t).zip(p.chunks_exact(t)).zip(&delta)
                         {
@@ -723,9 +718,9 @@ fn attention_backward(
                                 *x = pv * (*x - dl) * scale;
                             }
                         }
-                        gemm(n, d, t, dq_h.skip_rows(r0), false, dsm, kh_, 1.0);
-                        gemm(t, d, n, dk_h, !first, dsm.t(), qh.skip_rows(r0), 1.0);
-                        gemm(t, d, n, dv_h, !first, pm.t(), go.skip_rows(r0), 1.0);
+                        gemm(ONE, n, d, t, dq_h.skip_rows(r0), false, dsm, kh_, 1.0);
+                        gemm(ONE, t, d, n, dk_h, !first, dsm.t(), qh.skip_rows(r0), 1.0);
+                        gemm(ONE, t, d, n, dv_h, !first, pm.t(), go.skip_rows(r0), 1.0);
                     }
                     first = false;
                 }
@@ -765,47 +760,6 @@ fn mat(t: &FlexTensor) -> Mat {
     )
 }
 
-/// `dst [m, n] (+)= beta · lhs · rhs` over every thread when the product is large enough.
-///
-/// # Safety
-/// As [`gemm`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_par(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: Mat,
-    accumulate: bool,
-    lhs: Mat,
-    rhs: Mat,
-    beta: f32,
-) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.0 as *mut f32,
-            dst.2,
-            dst.1,
-            accumulate,
-            lhs.0,
-            lhs.2,
-            lhs.1,
-            rhs.0,
-            rhs.2,
-            rhs.1,
-            1.0,
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(0),
-        )
-    }
-}
-
 /// `(y, x·A)`: the projection and its adapter's rank-r intermediate.
 fn lora_forward(
     x: &FlexTensor,
@@ -820,7 +774,8 @@ fn lora_forward(
     let mut xa = vec![0f32; m * r];
     // SAFETY: every operand is a valid f32 matrix of the stated shape; outputs are fresh.
     unsafe {
-        gemm_par(
+        gemm(
+            ALL,
             m,
             n,
             k,
@@ -830,7 +785,8 @@ fn lora_forward(
             mat(w),
             1.0,
         );
-        gemm_par(
+        gemm(
+            ALL,
             m,
             r,
             k,
@@ -840,7 +796,8 @@ fn lora_forward(
             mat(a),
             1.0,
         );
-        gemm_par(
+        gemm(
+            ALL,
             m,
             n,
             r,
@@ -1228,7 +1185,8 @@ impl<C: CheckpointStrategy> Fused for Ad<C> {
                 // SAFETY: every operand is a valid f32 matrix of the stated shape; each output
                 // is a fresh buffer.
                 unsafe {
-                    gemm_par(
+                    gemm(
+                        ALL,
                         m,
                         r,
                         n,
@@ -1242,13 +1200,14 @@ impl<C: CheckpointStrategy> Fused for Ad<C> {
                     if let Some(node) = nx {
                         let mut dx = vec![0f32; m * k];
                         let dxm = Mat(dx.as_mut_ptr(), k as isize, 1);
-                        gemm_par(m, k, n, dxm, false, gm, mat(&st.w).t(), 1.0);
-                        gemm_par(m, k, r, dxm, true, gbm, mat(&st.a).t(), 1.0);
+                        gemm(ALL, m, k, n, dxm, false, gm, mat(&st.w).t(), 1.0);
+                        gemm(ALL, m, k, r, dxm, true, gbm, mat(&st.a).t(), 1.0);
                         grads.register::<Flex>(node.id, tensor(dx, vec![m, k]));
                     }
                     if let Some(node) = na {
                         let mut da = vec![0f32; k * r];
-                        gemm_par(
+                        gemm(
+                            ALL,
                             k,
                             r,
                             m,
@@ -1263,7 +1222,8 @@ impl<C: CheckpointStrategy> Fused for Ad<C> {
                     if let Some(node) = nb {
                         let mut db = vec![0f32; r * n];
                         let xam = Mat(st.xa.as_ptr(), r as isize, 1);
-                        gemm_par(
+                        gemm(
+                            ALL,
                             r,
                             n,
                             m,
@@ -1277,7 +1237,8 @@ impl<C: CheckpointStrategy> Fused for Ad<C> {
                     }
                     if let Some(node) = nw {
                         let mut dw = vec![0f32; k * n];
-                        gemm_par(
+                        gemm(
+                            ALL,
                             k,
                             n,
                             m,

@@ -12,6 +12,8 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use rayon::prelude::*;
 
+use super::fused::Mat;
+
 /// At most this many rows take the kernel; more rows make a real matmul, which burn does well.
 pub const MAX_ROWS: usize = 8;
 
@@ -186,26 +188,16 @@ fn prefill_product(x: FlexTensor, w: FlexTensor, m: usize, k: usize, n: usize) -
     let mut yt = vec![0f32; m * n];
     // SAFETY: `xs` holds `m·k` values, `ws` the `n·k` of the weight, `yt` `m·n`; strides match.
     unsafe {
-        gemm::gemm(
+        super::fused::gemm(
+            super::fused::ALL,
             m,
             n,
             k,
-            yt.as_mut_ptr(),
-            m as isize,
-            1,
+            Mat(yt.as_mut_ptr(), 1, m as isize),
             false,
-            xs.as_ptr(),
-            1,
-            k as isize,
-            ws.as_ptr(),
-            k as isize,
-            1,
-            0.0,
+            Mat(xs.as_ptr(), k as isize, 1),
+            Mat(ws.as_ptr(), 1, k as isize),
             1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(0),
         );
     }
     let mut y = vec![0f32; m * n];
@@ -295,7 +287,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `L` independent accumulators, so that several FMA chains and loads are in flight at once:
 /// the compiler maps them onto 2-4 vector registers of the enabled width.
 #[inline(always)]
-fn dot_portable<const L: usize>(a: &[f32], b: &[f32]) -> f32 {
+pub(super) fn dot_portable<const L: usize>(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; L];
     let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
     let tail: f32 = ca
