@@ -103,6 +103,10 @@ fn inspect(spec: Option<&str>, as_json: bool) -> anyhow::Result<()> {
         "path": files.path,
         "architecture": cfg.arch.class_name(),
         "parameters": cfg.num_parameters(),
+        "active_parameters_per_token": cfg.active_parameters(),
+        "experts": cfg.experts.map(|e| e.count),
+        "experts_per_token": cfg.experts.map(|e| e.per_token),
+        "query_scaling_beta": cfg.rope_scaling.as_ref().and_then(|s| s.llama_4_scaling_beta),
         "layers": cfg.layers, "hidden": cfg.hidden, "intermediate": cfg.intermediate,
         "heads": cfg.heads, "kv_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
         "vocab": cfg.vocab, "context": cfg.max_positions, "rope_theta": cfg.rope_theta,
@@ -126,6 +130,15 @@ fn inspect(spec: Option<&str>, as_json: bool) -> anyhow::Result<()> {
         cfg.intermediate
     );
     println!("parameters     {:.1} M", cfg.num_parameters() as f64 / 1e6);
+    if let Some(e) = cfg.experts {
+        println!(
+            "experts        {} per layer, {} per token (FFN {} each); {:.1} M parameters active per token",
+            e.count,
+            e.per_token,
+            e.intermediate,
+            cfg.active_parameters() as f64 / 1e6
+        );
+    }
     println!(
         "attention      {} query / {} KV heads, head {}{}",
         cfg.heads,

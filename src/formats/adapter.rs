@@ -34,6 +34,9 @@ pub struct AdapterConfig {
     #[serde(default)]
     pub lora_dropout: f64,
     pub target_modules: TargetModules,
+    /// Parameters (not modules) PEFT adapts: the fused experts of transformers 5 MoE models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_parameters: Option<Vec<String>>,
     #[serde(default)]
     pub use_rslora: bool,
     #[serde(default)]
@@ -71,6 +74,7 @@ impl AdapterConfig {
             lora_alpha: alpha,
             lora_dropout: dropout,
             target_modules: TargetModules::List(targets),
+            target_parameters: None,
             use_rslora: rslora,
             use_dora: false,
             fan_in_fan_out: false,
@@ -112,7 +116,11 @@ pub struct LoraPair {
 #[derive(Debug, Clone)]
 pub struct PeftAdapter {
     pub config: AdapterConfig,
+    /// One pair per projection, experts' included (`…block_sparse_moe.experts.3.w1`); files
+    /// hold PEFT's fused form for those (`adapter_experts`).
     pub pairs: BTreeMap<String, LoraPair>,
+    /// Experts per layer of the model, when the adapter adapts experts (needed to write them).
+    pub experts: Option<usize>,
 }
 
 impl PeftAdapter {
@@ -159,10 +167,15 @@ impl PeftAdapter {
                 "fully trained modules are not supported".into(),
             ));
         }
-        if !config.alpha_pattern.is_empty() {
+        let fused = config.target_parameters.as_deref().unwrap_or_default();
+        if let Some(key) = config.alpha_pattern.keys().find(|k| {
+            !fused
+                .iter()
+                .any(|p| p.rsplit('.').next() == Some(k.as_str()))
+        }) {
             return Err(bad(
                 "alpha_pattern",
-                "per-module alpha is not supported".into(),
+                format!("`{key}`: per-module alpha is supported only for target_parameters"),
             ));
         }
         let weights = dir.join(WEIGHTS_FILE);
@@ -226,19 +239,41 @@ impl PeftAdapter {
                 detail: "no LoRA tensors".into(),
             });
         }
-        Ok(Self { config, pairs })
+        let pairs = match config.target_parameters {
+            Some(_) => super::adapter_experts::split(pairs, &config).map_err(|detail| {
+                FormatError::Format {
+                    path: weights,
+                    detail,
+                }
+            })?,
+            None => pairs,
+        };
+        Ok(Self {
+            config,
+            pairs,
+            experts: None,
+        })
     }
 
     /// Write the adapter folder (config and weights, each atomically).
     pub fn write(&self, dir: &Path) -> Result<(), FormatError> {
         std::fs::create_dir_all(dir).map_err(|e| FormatError::io(dir, e))?;
+        let mut config = self.config.clone();
+        let fused;
+        let pairs = match self.experts {
+            Some(n) if super::adapter_experts::has_experts(&self.pairs) => {
+                fused = super::adapter_experts::fuse(&self.pairs, &mut config, n);
+                &fused
+            }
+            _ => &self.pairs,
+        };
         let mut tensors = BTreeMap::new();
-        for (module, p) in &self.pairs {
+        for (module, p) in pairs {
             tensors.insert(format!("{PREFIX}{module}.lora_A.weight"), p.a.clone());
             tensors.insert(format!("{PREFIX}{module}.lora_B.weight"), p.b.clone());
         }
         write_safetensors(&dir.join(WEIGHTS_FILE), &tensors)?;
-        Ok(write_json(&dir.join(CONFIG_FILE), &self.config)?)
+        Ok(write_json(&dir.join(CONFIG_FILE), &config)?)
     }
 
     /// The scale of one module (rank may differ per module through PEFT's `rank_pattern`).

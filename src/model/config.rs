@@ -9,17 +9,24 @@ pub enum Architecture {
     Llama,
     Mistral,
     Qwen2,
+    /// The text part of Ministral 3: Mistral with YaRN RoPE and Llama-4 query scaling.
+    Ministral3,
+    /// Mistral with a sparse mixture of experts in place of each MLP.
+    Mixtral,
 }
 
 impl Architecture {
-    pub const SUPPORTED: &'static str =
-        "llama (LlamaForCausalLM), mistral (MistralForCausalLM), qwen2 (Qwen2ForCausalLM)";
+    pub const SUPPORTED: &'static str = "llama (LlamaForCausalLM), mistral (MistralForCausalLM), \
+         qwen2 (Qwen2ForCausalLM), ministral3 (Ministral3ForCausalLM, and the text part of a mistral3 \
+         checkpoint), mixtral (MixtralForCausalLM)";
 
     pub fn from_model_type(model_type: &str) -> Option<Self> {
         match model_type {
             "llama" => Some(Self::Llama),
             "mistral" => Some(Self::Mistral),
             "qwen2" => Some(Self::Qwen2),
+            "ministral3" => Some(Self::Ministral3),
+            "mixtral" => Some(Self::Mixtral),
             _ => None,
         }
     }
@@ -29,6 +36,8 @@ impl Architecture {
             Self::Llama => "llama",
             Self::Mistral => "mistral",
             Self::Qwen2 => "qwen2",
+            Self::Ministral3 => "ministral3",
+            Self::Mixtral => "mixtral",
         }
     }
 
@@ -37,15 +46,25 @@ impl Architecture {
             Self::Llama => "LlamaForCausalLM",
             Self::Mistral => "MistralForCausalLM",
             Self::Qwen2 => "Qwen2ForCausalLM",
+            Self::Ministral3 => "Ministral3ForCausalLM",
+            Self::Mixtral => "MixtralForCausalLM",
         }
     }
 
-    pub const ALL: [Architecture; 3] = [Self::Llama, Self::Mistral, Self::Qwen2];
+    pub const ALL: [Architecture; 5] = [
+        Self::Llama,
+        Self::Mistral,
+        Self::Qwen2,
+        Self::Ministral3,
+        Self::Mixtral,
+    ];
 
-    /// The projections of one decoder layer, by module path, in checkpoint order.
+    /// The projections of one decoder layer, by module path, in checkpoint order; an expert's
+    /// (`{e}` stands for its index) once per expert.
     pub fn layer_modules(self) -> &'static [&'static str] {
         match self {
-            Self::Llama | Self::Mistral | Self::Qwen2 => &LLAMA_LAYER,
+            Self::Llama | Self::Mistral | Self::Qwen2 | Self::Ministral3 => &LLAMA_LAYER,
+            Self::Mixtral => &MIXTRAL_LAYER,
         }
     }
 
@@ -76,39 +95,123 @@ const LLAMA_LAYER: [&str; 7] = [
     "mlp.down_proj",
 ];
 
+/// A Mixtral decoder layer: attention, then each expert's SwiGLU MLP (`w1` gate, `w2` down, `w3`
+/// up). The router (`block_sparse_moe.gate`) is not a LoRA target: it stays frozen, as in PEFT's
+/// default, so fine-tuning cannot shift the load between experts.
+const MIXTRAL_LAYER: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "block_sparse_moe.experts.{e}.w1",
+    "block_sparse_moe.experts.{e}.w2",
+    "block_sparse_moe.experts.{e}.w3",
+];
+
 /// `self_attn.q_proj` → `q_proj`: the name LoRA recipes and PEFT's `target_modules` use.
 pub fn short_name(module: &str) -> &str {
     module.rsplit('.').next().unwrap_or(module)
 }
 
-/// One linear projection: its module path and `[in, out]`, and whether it has a bias.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One linear projection: its module path within the layer and `[in, out]`, and whether it has
+/// a bias.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Projection {
-    pub module: &'static str,
+    pub module: String,
     pub d_in: usize,
     pub d_out: usize,
     pub bias: bool,
 }
 
 impl Projection {
-    pub fn short(&self) -> &'static str {
-        short_name(self.module)
+    pub fn short(&self) -> &str {
+        short_name(&self.module)
     }
 }
 
-/// RoPE frequency scaling (`rope_scaling` in older configs, part of `rope_parameters` in transformers 5).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// RoPE frequency scaling (`rope_scaling` in older configs, part of `rope_parameters` in
+/// transformers 5), with YaRN's settings and the Llama-4 query scaling Mistral 3 adds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RopeScaling {
-    #[serde(alias = "type")]
     pub rope_type: String,
-    #[serde(default)]
     pub factor: Option<f64>,
-    #[serde(default)]
     pub low_freq_factor: Option<f64>,
-    #[serde(default)]
     pub high_freq_factor: Option<f64>,
-    #[serde(default)]
     pub original_max_position_embeddings: Option<usize>,
+    pub beta_fast: Option<f64>,
+    pub beta_slow: Option<f64>,
+    pub mscale: Option<f64>,
+    pub mscale_all_dim: Option<f64>,
+    pub attention_factor: Option<f64>,
+    pub truncate: Option<bool>,
+    /// Queries scaled by `1 + β·ln(1 + ⌊pos / original_max_position_embeddings⌋)` (Llama 4,
+    /// Ministral 3, Mistral Large 3).
+    pub llama_4_scaling_beta: Option<f64>,
+}
+
+impl RopeScaling {
+    /// From a `rope_scaling` / `rope_parameters` object: `type` or `rope_type`, unknown keys
+    /// ignored, each known key checked for its type.
+    fn from_json(v: &serde_json::Value, key: &'static str) -> Result<Self, ConfigError> {
+        let bad = |field: &str, want: &str| ConfigError::Invalid {
+            key,
+            detail: format!("`{field}` must be {want}"),
+        };
+        let num = |field: &str| -> Result<Option<f64>, ConfigError> {
+            match v.get(field) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(x) => x.as_f64().map(Some).ok_or_else(|| bad(field, "a number")),
+            }
+        };
+        let rope_type = v
+            .get("rope_type")
+            .or_else(|| v.get("type"))
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| bad("rope_type", "a string"))?
+            .to_string();
+        let original = match num("original_max_position_embeddings")? {
+            Some(x) if x >= 1.0 && x.fract() == 0.0 => Some(x as usize),
+            Some(_) => {
+                return Err(bad(
+                    "original_max_position_embeddings",
+                    "a positive integer",
+                ));
+            }
+            None => None,
+        };
+        let truncate = match v.get("truncate") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(x) => Some(
+                x.as_bool()
+                    .ok_or_else(|| bad("truncate", "true or false"))?,
+            ),
+        };
+        Ok(Self {
+            rope_type,
+            factor: num("factor")?,
+            low_freq_factor: num("low_freq_factor")?,
+            high_freq_factor: num("high_freq_factor")?,
+            original_max_position_embeddings: original,
+            beta_fast: num("beta_fast")?,
+            beta_slow: num("beta_slow")?,
+            mscale: num("mscale")?,
+            mscale_all_dim: num("mscale_all_dim")?,
+            attention_factor: num("attention_factor")?,
+            truncate,
+            llama_4_scaling_beta: num("llama_4_scaling_beta")?,
+        })
+    }
+}
+
+/// A sparse mixture of experts in place of the MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Experts {
+    /// Routed experts per layer.
+    pub count: usize,
+    /// Experts each token is sent to.
+    pub per_token: usize,
+    /// Each expert's FFN width.
+    pub intermediate: usize,
 }
 
 /// The parts of `config.json` the network needs. Unknown keys are allowed: configs carry many.
@@ -133,7 +236,7 @@ pub struct ModelConfig {
     #[serde(default)]
     pub rope_parameters: Option<serde_json::Value>,
     #[serde(default)]
-    pub rope_scaling: Option<RopeScaling>,
+    pub rope_scaling: Option<serde_json::Value>,
     #[serde(default)]
     pub tie_word_embeddings: Option<bool>,
     #[serde(default)]
@@ -148,6 +251,11 @@ pub struct ModelConfig {
     pub bos_token_id: Option<serde_json::Value>,
     #[serde(default)]
     pub eos_token_id: Option<serde_json::Value>,
+    /// Mixtral: routed experts per layer, and how many each token uses.
+    #[serde(default)]
+    pub num_local_experts: Option<usize>,
+    #[serde(default)]
+    pub num_experts_per_tok: Option<usize>,
 }
 
 fn default_max_positions() -> usize {
@@ -173,6 +281,8 @@ pub struct ResolvedConfig {
     pub sliding_window: Option<usize>,
     pub qkv_bias: bool,
     pub mlp_bias: bool,
+    /// The mixture of experts replacing every layer's MLP (Mixtral).
+    pub experts: Option<Experts>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,31 +329,67 @@ impl ModelConfig {
                     .and_then(|v| v.as_f64())
             })
             .unwrap_or(10_000.0);
-        let mut rope_scaling = self.rope_scaling.clone();
+        let mut rope_scaling = match &self.rope_scaling {
+            Some(v) if !v.is_null() => Some(RopeScaling::from_json(v, "rope_scaling")?),
+            _ => None,
+        };
         if rope_scaling.is_none()
             && let Some(p) = params
-            && p.get("rope_type")
+            && (p
+                .get("rope_type")
+                .or_else(|| p.get("type"))
                 .and_then(|t| t.as_str())
                 .is_some_and(|t| t != "default")
+                || p.get("llama_4_scaling_beta").is_some())
         {
-            rope_scaling = Some(
-                serde_json::from_value(p.clone())
-                    .map_err(|e| invalid("rope_parameters", e.to_string()))?,
-            );
+            rope_scaling = Some(RopeScaling::from_json(p, "rope_parameters")?);
         }
-        if let Some(s) = &rope_scaling
-            && !matches!(s.rope_type.as_str(), "default" | "llama3" | "linear")
-        {
-            return Err(invalid(
-                "rope_scaling.rope_type",
-                format!(
-                    "`{}` is not supported (supported: default, linear, llama3)",
-                    s.rope_type
-                ),
-            ));
+        if let Some(s) = &rope_scaling {
+            if !matches!(
+                s.rope_type.as_str(),
+                "default" | "llama3" | "linear" | "yarn"
+            ) {
+                return Err(invalid(
+                    "rope_scaling.rope_type",
+                    format!(
+                        "`{}` is not supported (supported: default, linear, llama3, yarn)",
+                        s.rope_type
+                    ),
+                ));
+            }
+            if (s.rope_type == "yarn" || s.llama_4_scaling_beta.is_some())
+                && s.original_max_position_embeddings.is_none()
+            {
+                return Err(invalid(
+                    "rope_parameters.original_max_position_embeddings",
+                    format!("`{}` RoPE needs it", s.rope_type),
+                ));
+            }
         }
+        let experts = match arch {
+            Architecture::Mixtral => {
+                let count = self.num_local_experts.ok_or_else(|| {
+                    invalid("num_local_experts", "a mixtral config needs it".into())
+                })?;
+                let per_token = self.num_experts_per_tok.unwrap_or(2);
+                if count == 0 || per_token == 0 || per_token > count {
+                    return Err(invalid(
+                        "num_experts_per_tok",
+                        format!("{per_token} must be between 1 and num_local_experts = {count}"),
+                    ));
+                }
+                Some(Experts {
+                    count,
+                    per_token,
+                    intermediate: self.intermediate_size,
+                })
+            }
+            _ => None,
+        };
         let sliding_window = match arch {
-            Architecture::Mistral => self.sliding_window,
+            Architecture::Mistral | Architecture::Ministral3 | Architecture::Mixtral => {
+                self.sliding_window
+            }
             Architecture::Qwen2 if self.use_sliding_window == Some(true) => self.sliding_window,
             _ => None,
         };
@@ -264,6 +410,7 @@ impl ModelConfig {
             sliding_window,
             qkv_bias: arch == Architecture::Qwen2 || self.attention_bias == Some(true),
             mlp_bias: self.mlp_bias == Some(true),
+            experts,
         })
     }
 }
@@ -278,26 +425,45 @@ impl ResolvedConfig {
             self.kv_heads * self.head_dim,
             self.intermediate,
         );
-        self.arch
-            .layer_modules()
-            .iter()
-            .map(|&module| {
-                let (d_in, d_out, bias) = match short_name(module) {
-                    "q_proj" => (h, q, self.qkv_bias),
-                    "k_proj" | "v_proj" => (h, kv, self.qkv_bias),
-                    "o_proj" => (q, h, false),
-                    "gate_proj" | "up_proj" => (h, f, self.mlp_bias),
-                    "down_proj" => (f, h, self.mlp_bias),
-                    other => unreachable!("no shape for `{other}`"),
-                };
-                Projection {
-                    module,
-                    d_in,
-                    d_out,
-                    bias,
-                }
-            })
-            .collect()
+        let shape = |module: String| {
+            let (d_in, d_out, bias) = match short_name(&module) {
+                "q_proj" => (h, q, self.qkv_bias),
+                "k_proj" | "v_proj" => (h, kv, self.qkv_bias),
+                "o_proj" => (q, h, false),
+                "gate_proj" | "up_proj" | "w1" | "w3" => (h, f, self.mlp_bias),
+                "down_proj" | "w2" => (f, h, self.mlp_bias),
+                other => unreachable!("no shape for `{other}`"),
+            };
+            Projection {
+                module,
+                d_in,
+                d_out,
+                bias,
+            }
+        };
+        let modules = self.arch.layer_modules();
+        let (shared, per_expert): (Vec<&str>, Vec<&str>) =
+            modules.iter().partition(|m| !m.contains("{e}"));
+        let experts = self.experts.map_or(0, |e| e.count);
+        let mut out: Vec<Projection> = shared.iter().map(|m| shape(m.to_string())).collect();
+        for e in 0..experts {
+            out.extend(
+                per_expert
+                    .iter()
+                    .map(|m| shape(m.replace("{e}", &e.to_string()))),
+            );
+        }
+        out
+    }
+
+    /// Parameters each token passes through: all of them for a dense model; for a mixture of
+    /// experts, the `per_token` experts it is routed to (and the router), not every expert.
+    pub fn active_parameters(&self) -> usize {
+        let Some(e) = self.experts else {
+            return self.num_parameters();
+        };
+        let expert = 3 * self.hidden * e.intermediate;
+        self.num_parameters() - self.layers * (e.count - e.per_token) * expert
     }
 
     /// Every projection by its full module name (`model.layers.0.self_attn.q_proj`, and
@@ -308,12 +474,12 @@ impl ResolvedConfig {
             .flat_map(|i| {
                 layer
                     .iter()
-                    .map(move |p| (format!("model.layers.{i}.{}", p.module), *p))
+                    .map(move |p| (format!("model.layers.{i}.{}", p.module), p.clone()))
             })
             .collect();
         if !self.tied_embeddings {
             let head = Projection {
-                module: "lm_head",
+                module: "lm_head".into(),
                 d_in: self.hidden,
                 d_out: self.vocab,
                 bias: false,
@@ -332,7 +498,10 @@ impl ResolvedConfig {
             .map(|(_, p)| p.d_in * p.d_out + if p.bias { p.d_out } else { 0 })
             .sum();
         let norms = (2 * self.layers + 1) * self.hidden;
-        projections + norms + self.vocab * self.hidden
+        let routers = self
+            .experts
+            .map_or(0, |e| self.layers * e.count * self.hidden);
+        projections + norms + routers + self.vocab * self.hidden
     }
 }
 
@@ -377,7 +546,8 @@ mod tests {
         c["attention_bias"] = true.into();
         let r: ModelConfig = serde_json::from_value(c).unwrap();
         let r = r.resolve().unwrap();
-        let names: Vec<&str> = r.layer_projections().iter().map(|p| p.short()).collect();
+        let table = r.layer_projections();
+        let names: Vec<&str> = table.iter().map(|p| p.short()).collect();
         assert_eq!(
             names,
             [
@@ -397,6 +567,72 @@ mod tests {
         let want = 2 * (layer + 2 * 64) + 64 + 2 * 256 * 64;
         assert_eq!(r.num_parameters(), want);
         assert_eq!(r.projections().len(), 2 * 7 + 1);
+    }
+
+    #[test]
+    fn mixtral_lists_each_experts_projections_and_counts_active_parameters() {
+        let mut c = base();
+        c["model_type"] = "mixtral".into();
+        c["num_local_experts"] = 4.into();
+        c["num_experts_per_tok"] = 2.into();
+        let r: ModelConfig = serde_json::from_value(c.clone()).unwrap();
+        let r = r.resolve().unwrap();
+        let table = r.layer_projections();
+        assert_eq!(table.len(), 4 + 4 * 3);
+        assert_eq!(table[4].module, "block_sparse_moe.experts.0.w1");
+        assert_eq!(
+            [table[5].d_in, table[5].d_out],
+            [128, 64],
+            "w2 is the down projection"
+        );
+        assert_eq!(table[15].module, "block_sparse_moe.experts.3.w3");
+        // Two of four experts run per token: the other two experts' weights are inactive.
+        let expert = 3 * 64 * 128;
+        assert_eq!(r.num_parameters() - r.active_parameters(), 2 * 2 * expert);
+        c["num_experts_per_tok"] = 5.into();
+        let r: ModelConfig = serde_json::from_value(c.clone()).unwrap();
+        assert!(
+            r.resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("num_experts_per_tok")
+        );
+        c.as_object_mut().unwrap().remove("num_local_experts");
+        let r: ModelConfig = serde_json::from_value(c).unwrap();
+        assert!(
+            r.resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("num_local_experts")
+        );
+    }
+
+    #[test]
+    fn yarn_with_query_scaling_reads_either_spelling_of_its_type() {
+        let mut c = base();
+        c["model_type"] = "ministral3".into();
+        c["rope_parameters"] = serde_json::json!({"type": "yarn", "rope_type": "yarn",
+            "rope_theta": 1e6, "factor": 16.0, "original_max_position_embeddings": 16384,
+            "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
+            "llama_4_scaling_beta": 0.1});
+        let r: ModelConfig = serde_json::from_value(c.clone()).unwrap();
+        let s = r.resolve().unwrap().rope_scaling.unwrap();
+        assert_eq!(
+            (s.rope_type.as_str(), s.llama_4_scaling_beta),
+            ("yarn", Some(0.1))
+        );
+        c["rope_parameters"]["factor"] = "sixteen".into();
+        let r: ModelConfig = serde_json::from_value(c.clone()).unwrap();
+        let e = r.resolve().unwrap_err().to_string();
+        assert!(e.contains("rope_parameters") && e.contains("factor"), "{e}");
+        c["rope_parameters"]["factor"] = 16.0.into();
+        c["rope_parameters"]
+            .as_object_mut()
+            .unwrap()
+            .remove("original_max_position_embeddings");
+        let r: ModelConfig = serde_json::from_value(c).unwrap();
+        let e = r.resolve().unwrap_err().to_string();
+        assert!(e.contains("original_max_position_embeddings"), "{e}");
     }
 
     #[test]

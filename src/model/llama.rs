@@ -1,6 +1,7 @@
 //! The Llama family in burn: Llama (RMSNorm, RoPE incl. llama3 scaling, SwiGLU, GQA, tied
-//! embeddings), Mistral (sliding-window attention) and Qwen2 (QKV bias). One network, read top to
-//! bottom; the differences are flags of [`ResolvedConfig`].
+//! embeddings), Mistral (sliding-window attention), Qwen2 (QKV bias), Ministral 3 (YaRN and
+//! Llama-4 query scaling) and Mixtral (a sparse mixture of experts for the MLP). One network,
+//! read top to bottom; the differences are flags of [`ResolvedConfig`].
 //!
 //! Weights are addressed by their Hugging Face names. Linear weights are stored `[in, out]`
 //! (burn's layout), so Hugging Face `[out, in]` tensors are transposed on load.
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
+use burn::tensor::IndexingUpdateOp;
 use burn::tensor::activation::{silu, softmax};
 
 use super::cache::{KvCache, LayerCache};
@@ -55,12 +57,25 @@ pub struct Mlp {
     pub down_proj: Proj,
 }
 
+/// Mixtral's sparse MLP: a router picks `per_token` experts for each token (softmax over all
+/// experts, top-k, renormalised) and the token's output is their weighted sum. Tokens are grouped
+/// by expert, so each expert runs once, on its own tokens only.
+#[derive(Module, Debug)]
+pub struct Moe {
+    /// The router, `[hidden, experts]`; frozen in fine-tuning.
+    pub gate: Linear,
+    pub experts: Vec<Mlp>,
+    per_token: usize,
+}
+
 #[derive(Module, Debug)]
 pub struct DecoderLayer {
     pub input_layernorm: RmsNorm,
     pub self_attn: Attention,
     pub post_attention_layernorm: RmsNorm,
-    pub mlp: Mlp,
+    /// The dense MLP, or `None` where a mixture of experts replaces it.
+    pub mlp: Option<Mlp>,
+    pub moe: Option<Moe>,
 }
 
 #[derive(Module, Debug)]
@@ -75,10 +90,10 @@ pub struct CausalLm {
     /// The tied embedding in the quantised blocks it was loaded from, for decode-sized logits.
     #[module(skip)]
     packed_embed: Option<Arc<PackedMatrix>>,
-    /// The module paths of a layer's projections (the architecture's table), in the order of
+    /// The module paths of a layer's projections (the config's table), in the order of
     /// [`DecoderLayer::projections`].
     #[module(skip)]
-    layer_modules: &'static [&'static str],
+    layer_modules: Vec<String>,
 }
 
 /// What the caller wants out of a forward pass.
@@ -225,10 +240,65 @@ impl Mlp {
     }
 }
 
-/// What every layer of one forward pass shares: RoPE tables and the attention mask.
+impl Moe {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, s, h] = x.dims();
+        let n = b * s;
+        let experts = self.experts.len();
+        let flat = x.reshape([n, h]);
+        let probs = softmax(dense(&self.gate, flat.clone().reshape([1, n, h])), 2);
+        let probs = probs.reshape([n * experts]);
+        // The choice of experts is discrete: made on the host, from values without gradient.
+        let host = probs.clone().to_data().convert::<f32>();
+        let host = host.as_slice::<f32>().expect("f32 router probabilities");
+        let mut rows: Vec<Vec<i64>> = vec![Vec::new(); experts];
+        let mut chosen = Vec::with_capacity(n * self.per_token);
+        for (t, p) in host.chunks(experts).enumerate() {
+            let mut order: Vec<usize> = (0..experts).collect();
+            // Highest first; the lower index wins a tie, as torch.topk does on the CPU.
+            order.sort_by(|&i, &j| p[j].total_cmp(&p[i]).then(i.cmp(&j)));
+            for &e in &order[..self.per_token] {
+                rows[e].push(t as i64);
+                chosen.push((t * experts + e) as i64);
+            }
+        }
+        // Each chosen weight over the sum of its token's chosen weights; these keep their
+        // gradient, so training sees how the router's weighting depends on the hidden state.
+        let device = flat.device();
+        let index = |v: Vec<i64>| {
+            let len = v.len();
+            Tensor::<1, Int>::from_data(TensorData::new(v, [len]), &device)
+        };
+        let picked = probs.clone().select(0, index(chosen));
+        let total = picked.reshape([n, self.per_token]).sum_dim(1);
+        let weights = (probs.reshape([n, experts]) / total).reshape([n * experts]);
+        let mut out = Tensor::<2>::zeros([n, h], &device);
+        for (e, (expert, tokens)) in self.experts.iter().zip(rows).enumerate() {
+            if tokens.is_empty() {
+                continue;
+            }
+            let m = tokens.len();
+            let slots: Vec<i64> = tokens
+                .iter()
+                .map(|&t| t * experts as i64 + e as i64)
+                .collect();
+            let tokens = index(tokens);
+            let w = weights.clone().select(0, index(slots)).reshape([m, 1]);
+            let y = expert
+                .forward(flat.clone().select(0, tokens.clone()).reshape([1, m, h]))
+                .reshape([m, h]);
+            out = out.select_assign(0, tokens, y * w, IndexingUpdateOp::Add);
+        }
+        out.reshape([b, s, h])
+    }
+}
+
+/// What every layer of one forward pass shares: RoPE tables, the queries' scale (Llama 4's, per
+/// position, `[batch, seq, 1]`) and the attention mask.
 struct Shared<'a> {
     cos: &'a Tensor<4>,
     sin: &'a Tensor<4>,
+    query_scale: Option<&'a Tensor<3>>,
     mask: &'a Tensor<4>,
 }
 
@@ -242,6 +312,12 @@ impl Attention {
             project_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x)
                 .try_into()
                 .expect("three projections");
+        // Llama-4 scaling multiplies each position's query; RoPE is linear, so before it is the
+        // same as after.
+        let q = match at.query_scale {
+            Some(scale) => q * scale.clone(),
+            None => q,
+        };
         #[cfg(feature = "cpu")]
         if super::fused::applies(&q)
             && (q.is_autodiff()
@@ -299,32 +375,35 @@ impl Attention {
 }
 
 impl DecoderLayer {
-    /// The projections, in the order of the architecture's table (`layer_modules`).
-    fn projections(&self) -> [&Proj; 7] {
-        let (a, m) = (&self.self_attn, &self.mlp);
-        [
-            &a.q_proj,
-            &a.k_proj,
-            &a.v_proj,
-            &a.o_proj,
-            &m.gate_proj,
-            &m.up_proj,
-            &m.down_proj,
-        ]
+    /// The projections, in the order of the config's table (`layer_modules`): attention, then
+    /// the MLP's (gate, up, down) or each expert's (`w1` gate, `w2` down, `w3` up).
+    fn projections(&self) -> Vec<&Proj> {
+        let a = &self.self_attn;
+        let mut out = vec![&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj];
+        if let Some(m) = &self.mlp {
+            out.extend([&m.gate_proj, &m.up_proj, &m.down_proj]);
+        }
+        if let Some(moe) = &self.moe {
+            for m in &moe.experts {
+                out.extend([&m.gate_proj, &m.down_proj, &m.up_proj]);
+            }
+        }
+        out
     }
 
     /// [`Self::projections`], mutable.
-    fn projections_mut(&mut self) -> [&mut Proj; 7] {
-        let (a, m) = (&mut self.self_attn, &mut self.mlp);
-        [
-            &mut a.q_proj,
-            &mut a.k_proj,
-            &mut a.v_proj,
-            &mut a.o_proj,
-            &mut m.gate_proj,
-            &mut m.up_proj,
-            &mut m.down_proj,
-        ]
+    fn projections_mut(&mut self) -> Vec<&mut Proj> {
+        let a = &mut self.self_attn;
+        let mut out = vec![&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj];
+        if let Some(m) = &mut self.mlp {
+            out.extend([&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]);
+        }
+        if let Some(moe) = &mut self.moe {
+            for m in &mut moe.experts {
+                out.extend([&mut m.gate_proj, &mut m.down_proj, &mut m.up_proj]);
+            }
+        }
+        out
     }
 
     fn forward(&self, x: Tensor<3>, at: &Shared<'_>, cache: &mut LayerCache) -> Tensor<3> {
@@ -332,7 +411,13 @@ impl DecoderLayer {
             + self
                 .self_attn
                 .forward(self.input_layernorm.forward(x), at, cache);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+        let normed = self.post_attention_layernorm.forward(h.clone());
+        let mlp = match (&self.mlp, &self.moe) {
+            (Some(mlp), _) => mlp.forward(normed),
+            (None, Some(moe)) => moe.forward(normed),
+            (None, None) => unreachable!("a layer has a dense MLP or experts"),
+        };
+        h + mlp
     }
 }
 
@@ -346,10 +431,15 @@ impl CausalLm {
             .val()
             .select(0, batch.tokens.reshape([b * s]))
             .reshape([b, s, hidden]);
+        let query_scale = self
+            .rope
+            .query_scale(&batch.positions)
+            .map(|t| t.reshape([b, s, 1]));
         let (cos, sin) = self.rope.tables(batch.positions);
         let shared = Shared {
             cos: &cos,
             sin: &sin,
+            query_scale: query_scale.as_ref(),
             mask: &batch.mask,
         };
         let mut x = x;
@@ -407,7 +497,10 @@ impl CausalLm {
         // Logits laid out [n, vocab] contiguously, so the softmax reads rows in order (the
         // inference path's E·hᵀ leaves them transposed, which costs a copy per use here).
         let logits = match &self.lm_head {
-            Some(head) => project(head, picked.reshape([1, n, h])).reshape([n, 0]),
+            Some(head) => {
+                let vocab = head.dims()[1];
+                project(head, picked.reshape([1, n, h])).reshape([n, vocab])
+            }
             None => picked.matmul(self.embed_tokens.val().transpose()),
         };
         #[cfg(feature = "cpu")]
@@ -454,6 +547,13 @@ impl CausalLm {
             + usize::from(self.packed_embed.is_some())
     }
 
+    /// Routed experts per layer, for a mixture-of-experts model.
+    pub fn experts(&self) -> Option<usize> {
+        self.layers
+            .iter()
+            .find_map(|l| l.moe.as_ref().map(|m| m.experts.len()))
+    }
+
     pub fn num_layers(&self) -> usize {
         self.layers.len()
     }
@@ -479,7 +579,7 @@ impl CausalLm {
 
     /// [`Self::projections`], mutable.
     pub fn projections_mut(&mut self) -> Vec<(String, &mut Proj)> {
-        let modules = self.layer_modules;
+        let modules = &self.layer_modules;
         let mut out = Vec::new();
         for (i, l) in self.layers.iter_mut().enumerate() {
             for (m, p) in modules.iter().zip(l.projections_mut()) {
@@ -508,36 +608,60 @@ impl CausalLm {
             let lv = vars.pp("model.layers").pp(i);
             let projs: Vec<Proj> = table
                 .iter()
-                .map(|p| projection(&lv.pp(p.module), p))
+                .map(|p| projection(&lv.pp(&p.module), p))
                 .collect::<Result<_, _>>()?;
-            let [
-                q_proj,
-                k_proj,
-                v_proj,
-                o_proj,
-                gate_proj,
-                up_proj,
-                down_proj,
-            ]: [Proj; 7] = projs
-                .try_into()
-                .expect("the Llama table has seven projections");
+            let mut projs = projs.into_iter();
+            let mut next = || projs.next().expect("the config's table");
+            let self_attn = Attention {
+                q_proj: next(),
+                k_proj: next(),
+                v_proj: next(),
+                o_proj: next(),
+                heads: cfg.heads,
+                kv_heads: cfg.kv_heads,
+                head_dim: cfg.head_dim,
+            };
+            let (mlp, moe) = match cfg.experts {
+                None => {
+                    let (gate_proj, up_proj, down_proj) = (next(), next(), next());
+                    let mlp = Mlp {
+                        gate_proj,
+                        up_proj,
+                        down_proj,
+                    };
+                    (Some(mlp), None)
+                }
+                Some(e) => {
+                    let experts = (0..e.count)
+                        .map(|_| {
+                            let (gate_proj, down_proj, up_proj) = (next(), next(), next());
+                            Mlp {
+                                gate_proj,
+                                up_proj,
+                                down_proj,
+                            }
+                        })
+                        .collect();
+                    let router = lv
+                        .pp("block_sparse_moe.gate")
+                        .matrix("weight", [e.count, cfg.hidden])?;
+                    let moe = Moe {
+                        gate: Linear {
+                            weight: Param::from_tensor(router.transpose()),
+                            bias: None,
+                        },
+                        experts,
+                        per_token: e.per_token,
+                    };
+                    (None, Some(moe))
+                }
+            };
             layers.push(DecoderLayer {
                 input_layernorm: norm(&lv.pp("input_layernorm"))?,
-                self_attn: Attention {
-                    q_proj,
-                    k_proj,
-                    v_proj,
-                    o_proj,
-                    heads: cfg.heads,
-                    kv_heads: cfg.kv_heads,
-                    head_dim: cfg.head_dim,
-                },
+                self_attn,
                 post_attention_layernorm: norm(&lv.pp("post_attention_layernorm"))?,
-                mlp: Mlp {
-                    gate_proj,
-                    up_proj,
-                    down_proj,
-                },
+                mlp,
+                moe,
             });
         }
         let embed_shape = [cfg.vocab, cfg.hidden];
@@ -560,7 +684,7 @@ impl CausalLm {
             } else {
                 None
             },
-            layer_modules: cfg.arch.layer_modules(),
+            layer_modules: table.into_iter().map(|p| p.module).collect(),
         })
     }
 }

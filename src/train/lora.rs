@@ -106,7 +106,11 @@ pub fn to_peft(model: &CausalLm, recipe: &LoadedRecipe, base: &str) -> PeftAdapt
         recipe.targets(),
     );
     config.base_model_name_or_path = Some(base.to_string());
-    PeftAdapter { config, pairs }
+    PeftAdapter {
+        config,
+        pairs,
+        experts: model.experts(),
+    }
 }
 
 /// Put a checkpoint's adapter weights into the model's adapters.

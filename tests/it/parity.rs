@@ -182,6 +182,116 @@ fn tiny(name: &str) {
     eprintln!("{name}: max |Δ logprob| = {worst:.2e}");
 }
 
+/// Tiny random-weight models of the Mistral 3 family, held closer: every logit at every position
+/// within 1e-4 of transformers' (f32), and transformers' greedy continuation reproduced with the
+/// KV cache (batched beside a longer prompt, so left padding is exercised) and without it.
+fn tiny_exact(name: &str) -> f32 {
+    let reference = read(&crate::common::fixture(&format!(
+        "tiny/{name}/reference.json"
+    )));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = crate::common::tiny_model(name, tmp.path());
+    tiny_exact_in(name, &dir, &reference)
+}
+
+fn tiny_exact_in(name: &str, dir: &std::path::Path, reference: &Value) -> f32 {
+    let device = crate::common::cpu();
+    let files = open_folder(dir, name).unwrap();
+    let cfg = files.resolved.clone();
+    let model = files.model_on(&device).unwrap();
+    let table: Vec<(String, [usize; 2])> = cfg
+        .projections()
+        .into_iter()
+        .map(|(n, p)| (n, [p.d_in, p.d_out]))
+        .collect();
+    let built: Vec<(String, [usize; 2])> = model
+        .projections()
+        .into_iter()
+        .map(|(n, p)| (n, p.dims()))
+        .collect();
+    assert_eq!(built, table, "{name}");
+    let input = ids(&reference["input_ids"]);
+    let got = model.sequence_logits(&input, input.len(), &device);
+    let want = reference["logits"].as_array().unwrap();
+    assert_eq!(got.len(), want.len(), "{name}: positions");
+    let mut worst = 0f32;
+    for (p, (g, w)) in got.iter().zip(want).enumerate() {
+        let w = w.as_array().unwrap();
+        assert_eq!(g.len(), w.len(), "{name}: vocabulary");
+        for (i, (a, b)) in g.iter().zip(w).enumerate() {
+            let b = b.as_f64().unwrap() as f32;
+            worst = worst.max((a - b).abs());
+            assert!(
+                (a - b).abs() <= 1e-4,
+                "{name}: position {p}, token {i}: logit {a} vs transformers' {b}"
+            );
+        }
+    }
+    eprintln!("{name}: max |Δ logit| over every position and token = {worst:.2e}");
+
+    let greedy = &reference["greedy"];
+    let prompt = ids(&greedy["prompt"]);
+    let want = ids(&greedy["new_tokens"]);
+    let engine = switchyard::generate::Engine::new(model, files.tokenizer, device.clone());
+    // Without the cache: the whole sequence again for every new token (past EOS too).
+    let mut seq = prompt.clone();
+    for _ in 0..want.len() {
+        let logits = engine.model.sequence_logits(&seq, 1, &device);
+        seq.push(switchyard::generate::top_n(&logits[0], 1)[0] as u32);
+    }
+    assert_eq!(
+        seq[prompt.len()..],
+        want[..],
+        "{name}: greedy without the KV cache"
+    );
+    // With the cache, one token at a time.
+    let mut cache = switchyard::model::KvCache::new(engine.model.num_layers(), vec![0]);
+    let mut logits = engine.step(prompt.clone(), 1, &mut cache);
+    let mut got = Vec::new();
+    for _ in 0..want.len() {
+        let next = switchyard::generate::top_n(&logits[0], 1)[0] as u32;
+        got.push(next);
+        logits = engine.step(vec![next], 1, &mut cache);
+    }
+    assert_eq!(got, want, "{name}: greedy with the KV cache");
+    // Generation proper, batched beside the whole input (so the prompt is left-padded), up to
+    // the first EOS.
+    let eos = engine.tokenizer.eos_ids.clone();
+    let until_eos: Vec<u32> = want
+        .iter()
+        .copied()
+        .take_while(|t| !eos.contains(t))
+        .collect();
+    let opts = GenerateOptions {
+        max_new_tokens: want.len(),
+        ..Default::default()
+    };
+    let (gens, _) = engine
+        .generate_batch(&[prompt.clone(), input.clone()], &opts, |_, _| {})
+        .unwrap();
+    assert_eq!(gens[0].token_ids, until_eos, "{name}: batched generation");
+    worst
+}
+
+#[test]
+fn tiny_ministral3_with_yarn_and_query_scaling_matches_transformers() {
+    tiny_exact("ministral3");
+}
+
+#[test]
+fn tiny_mixtral_with_routed_experts_matches_transformers() {
+    tiny_exact("mixtral");
+}
+
+/// A quick check on any folder with a `reference.json` (set `SWITCHYARD_PARITY_DIR`).
+#[test]
+#[ignore]
+fn parity_on_a_folder() {
+    let dir = std::path::PathBuf::from(std::env::var("SWITCHYARD_PARITY_DIR").unwrap());
+    let reference = read(&dir.join("reference.json"));
+    tiny_exact_in("folder", &dir, &reference);
+}
+
 #[test]
 fn tiny_mistral_with_sliding_window_matches_transformers() {
     tiny("mistral");
