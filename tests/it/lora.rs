@@ -144,3 +144,66 @@ fn an_adapter_made_by_peft_loads_with_rslora_scaling() {
     .unwrap();
     assert!(worst_gap(&base, &reference) > 50.0 * TOLERANCE);
 }
+
+/// Every logit of the tiny Mixtral (with `adapter`, if any, merged as it loads) against `want`.
+fn mixtral_gap(folder: &std::path::Path, adapter: Option<&str>, want: &Value) -> f32 {
+    let mut files = open_folder(folder, "mixtral").unwrap();
+    if let Some(a) = adapter {
+        files = files
+            .with_adapter(&crate::common::fixture(&format!("lora/mixtral/{a}")))
+            .unwrap();
+    }
+    let model = files.model_on(&crate::common::cpu()).unwrap();
+    let input = ids(&want["input_ids"]);
+    let got = model.sequence_logits(&input, input.len(), &crate::common::cpu());
+    let key = match adapter {
+        Some("adapter") => "adapter_logits",
+        Some(_) => "peft_made_logits",
+        None => "base_logits",
+    };
+    let mut worst = 0f32;
+    for (g, w) in got.iter().zip(want[key].as_array().unwrap()) {
+        for (a, b) in g.iter().zip(w.as_array().unwrap()) {
+            worst = worst.max((a - b.as_f64().unwrap() as f32).abs());
+        }
+    }
+    worst
+}
+
+/// LoRA on a mixture of experts, both ways: an adapter switchyard trained on the tiny Mixtral
+/// (attention and every expert) gives PEFT's logits when PEFT loads it through
+/// `target_parameters`, and an adapter PEFT made there gives PEFT's logits in switchyard.
+/// `switchyard merge` folds the expert adapters into the experts' weights.
+#[test]
+fn expert_adapters_match_peft_both_ways_and_merge() {
+    let reference = crate::common::read_json("lora/mixtral/reference.json");
+    let dir = tempfile::tempdir().unwrap();
+    let base = crate::common::tiny_model("mixtral", dir.path());
+    let config: Value = crate::common::read_json("lora/mixtral/adapter/adapter_config.json");
+    assert_eq!(
+        config["target_parameters"],
+        serde_json::json!(["mlp.experts.down_proj", "mlp.experts.gate_up_proj"])
+    );
+    assert!(mixtral_gap(&base, None, &reference) < 1e-4);
+    for adapter in ["adapter", "peft_made"] {
+        let gap = mixtral_gap(&base, Some(adapter), &reference);
+        eprintln!("{adapter} on the tiny Mixtral vs PEFT: max |Δ logit| {gap:.2e}");
+        assert!(gap < 1e-4, "{adapter}: {gap}");
+    }
+    assert!(reference["adapter_merged_max_abs_diff"].as_f64().unwrap() < 1e-4);
+    let merged = dir.path().join("merged");
+    crate::common::cli_ok(
+        crate::common::cli()
+            .args(["merge"])
+            .arg(crate::common::fixture("lora/mixtral/adapter"))
+            .arg(&merged)
+            .args(["--model"])
+            .arg(&base),
+    );
+    let gap = mixtral_gap(&merged, None, &{
+        let mut r = reference.clone();
+        r["base_logits"] = r["adapter_logits"].clone();
+        r
+    });
+    assert!(gap < 1e-4, "merged: {gap}");
+}
