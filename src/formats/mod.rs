@@ -11,6 +11,7 @@ pub mod adapter_experts;
 pub mod gguf;
 pub mod hf;
 pub mod hub;
+pub mod native;
 pub mod shards;
 pub mod store;
 

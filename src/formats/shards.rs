@@ -1,5 +1,7 @@
-//! safetensors weights: one file, or a folder's shards listed by `model.safetensors.index.json`;
-//! and writing them.
+//! safetensors weights: one file, a folder's shards listed by `model.safetensors.index.json`, or
+//! Mistral's `consolidated*.safetensors`; and writing them. FP8 (e4m3) weights are dequantised as
+//! they are read, with their block scales (`<name>_scale_inv`, DeepSeek's layout, or
+//! `<name>_scale`, compressed-tensors'): `w[i, j] = q[i, j] · scale[i / bh, j / bw]`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,23 @@ pub struct SafetensorsFolder {
     dir: PathBuf,
     shards: Vec<Shard>,
     index: BTreeMap<String, usize>,
+    /// `[rows, cols]` of the FP8 scale blocks (`quantization_config.weight_block_size`).
+    fp8_block: Option<[usize; 2]>,
+}
+
+/// An FP8 e4m3 (`float8_e4m3fn`: no infinities, 0x7f/0xff NaN) byte as f32.
+pub fn e4m3_to_f32(b: u8) -> f32 {
+    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let exp = ((b >> 3) & 0x0f) as i32;
+    let man = (b & 0x07) as f32;
+    if exp == 0x0f && b & 0x07 == 0x07 {
+        return f32::NAN;
+    }
+    if exp == 0 {
+        sign * man / 8.0 * 2f32.powi(-6)
+    } else {
+        sign * (1.0 + man / 8.0) * 2f32.powi(exp - 7)
+    }
 }
 
 impl SafetensorsFolder {
@@ -45,6 +64,91 @@ impl SafetensorsFolder {
             });
         };
         Self::open_files(dir, files.iter().map(|f| dir.join(f)).collect())
+    }
+
+    /// Mistral's native layout: `consolidated.safetensors` or its numbered parts.
+    pub fn open_consolidated(dir: &Path) -> Result<Self, FormatError> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| FormatError::io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("consolidated") && n.ends_with(".safetensors"))
+            })
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(FormatError::MissingTensor {
+                path: dir.to_path_buf(),
+                name: "consolidated.safetensors".into(),
+            });
+        }
+        Self::open_files(dir, files)
+    }
+
+    /// Dequantise FP8 weights with scale blocks of `[rows, cols]`.
+    pub fn with_fp8_blocks(mut self, block: Option<[usize; 2]>) -> Self {
+        self.fp8_block = block;
+        self
+    }
+
+    /// `q · scale` blockwise, for an FP8 weight `name` `[rows, cols]` (a vector scale or a
+    /// single one are per-row and per-tensor).
+    fn dequantise(&self, name: &str, t: &mut HostTensor) -> Result<(), FormatError> {
+        let scale = [format!("{name}_scale_inv"), format!("{name}_scale")]
+            .into_iter()
+            .find(|n| self.index.contains_key(n));
+        let Some(scale_name) = scale else {
+            return Err(FormatError::Format {
+                path: self.dir.clone(),
+                detail: format!("FP8 tensor `{name}` has no `{name}_scale_inv` or `{name}_scale`"),
+            });
+        };
+        let s = self.get(&scale_name)?.expect("indexed");
+        let (rows, cols) = match t.shape[..] {
+            [r, c] => (r, c),
+            _ => {
+                return Err(FormatError::Format {
+                    path: self.dir.clone(),
+                    detail: format!(
+                        "FP8 tensor `{name}` has shape {:?}; only matrices are supported",
+                        t.shape
+                    ),
+                });
+            }
+        };
+        let (sr, sc) = match s.shape[..] {
+            [] => (1, 1),
+            [n] => (n, 1),
+            [a, b] => (a, b),
+            _ => (0, 0),
+        };
+        let [bh, bw] = match (sr, sc) {
+            (1, 1) => [rows, cols],
+            (n, 1) if n == rows => [1, cols],
+            _ => self.fp8_block.ok_or_else(|| FormatError::Format {
+                path: self.dir.clone(),
+                detail: format!(
+                    "FP8 tensor `{name}` has block scales but config.json's quantization_config has no weight_block_size"
+                ),
+            })?,
+        };
+        if rows.div_ceil(bh) != sr || cols.div_ceil(bw) != sc {
+            return Err(FormatError::Shape {
+                path: self.dir.clone(),
+                tensor: scale_name,
+                found: s.shape.clone(),
+                expected: vec![rows.div_ceil(bh), cols.div_ceil(bw)],
+            });
+        }
+        for (i, row) in t.data.chunks_mut(cols).enumerate() {
+            let srow = &s.data[(i / bh) * sc..(i / bh + 1) * sc];
+            for (j, x) in row.iter_mut().enumerate() {
+                *x *= srow[j / bw];
+            }
+        }
+        Ok(())
     }
 
     /// One safetensors file (an adapter's weights, for instance).
@@ -73,6 +177,7 @@ impl SafetensorsFolder {
             dir: dir.to_path_buf(),
             shards,
             index,
+            fp8_block: None,
         })
     }
 }
@@ -119,12 +224,20 @@ impl TensorSource for SafetensorsFolder {
                 .chunks_exact(2)
                 .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
+            Dtype::F8_E4M3 => {
+                let mut t = HostTensor::new(
+                    view.shape().to_vec(),
+                    bytes.iter().map(|&b| e4m3_to_f32(b)).collect(),
+                );
+                self.dequantise(name, &mut t)?;
+                return Ok(Some(t));
+            }
             other => {
                 return Err(FormatError::UnsupportedDtype {
                     path: shard.path.clone(),
                     tensor: name.to_string(),
                     dtype: format!("{other:?}"),
-                    supported: "F32, F16, BF16",
+                    supported: "F32, F16, BF16, F8_E4M3 (with block scales)",
                 });
             }
         };

@@ -11,6 +11,7 @@ use super::{DEFAULT_MODEL, LoadError, models_dir};
 use crate::formats::adapter::{MergedSource, PeftAdapter};
 use crate::formats::gguf::hf::GgufModel;
 use crate::formats::hub::{self, HubId};
+use crate::formats::native::Renamed;
 use crate::formats::shards::SafetensorsFolder;
 use crate::formats::store::Empty;
 use crate::formats::{TensorSource, hf};
@@ -52,17 +53,105 @@ fn eos_ids(config: &ModelConfig) -> Vec<u32> {
     hf::token_ids(config.eos_token_id.as_ref())
 }
 
-/// Open a Hugging Face folder.
+/// Open a Hugging Face folder, or a folder in Mistral's own layout (`params.json` and
+/// `consolidated*.safetensors`, no `config.json`).
 pub fn open_folder(dir: &Path, origin: &str) -> Result<ModelFiles, LoadError> {
-    let config: ModelConfig = crate::util::read_json(&dir.join("config.json"))?;
-    let resolved = resolve_config(&config, &dir.join("config.json"))?;
+    let config_path = dir.join("config.json");
+    if !config_path.exists() && dir.join("params.json").is_file() {
+        return open_native(dir, origin);
+    }
+    let doc: serde_json::Value = crate::util::read_json(&config_path)?;
+    let fp8 = fp8_blocks(&doc, &config_path)?;
+    // A multimodal Mistral 3 checkpoint: its text part, under its own prefix.
+    let multimodal = doc.get("model_type").and_then(|t| t.as_str()) == Some("mistral3");
+    let text = match multimodal {
+        true => doc.get("text_config").cloned().ok_or_else(|| {
+            LoadError::from(crate::util::FileError::parse(
+                &config_path,
+                "a mistral3 config needs `text_config`",
+            ))
+        })?,
+        false => doc,
+    };
+    let config = config_from(text, &config_path)?;
+    let resolved = resolve_config(&config, &config_path)?;
     let tokenizer = ModelTokenizer::from_folder(dir, &eos_ids(&config)).map_err(|source| {
         LoadError::Tokenizer {
             path: dir.to_path_buf(),
             source,
         }
     })?;
-    let source = Box::new(SafetensorsFolder::open(dir)?);
+    let folder = Box::new(SafetensorsFolder::open(dir)?.with_fp8_blocks(fp8));
+    let source: Box<dyn TensorSource> = match multimodal {
+        true => Box::new(Renamed::text_of_multimodal(folder)),
+        false => folder,
+    };
+    Ok(ModelFiles {
+        quantized_decode: false,
+        origin: origin.into(),
+        path: dir.to_path_buf(),
+        config,
+        resolved,
+        source,
+        tokenizer,
+    })
+}
+
+/// The FP8 scale blocks `config.json` declares (`quantization_config.weight_block_size`); other
+/// quantisation methods are refused by name.
+fn fp8_blocks(doc: &serde_json::Value, path: &Path) -> Result<Option<[usize; 2]>, LoadError> {
+    let Some(q) = doc.get("quantization_config") else {
+        return Ok(None);
+    };
+    let bad = |detail: String| {
+        LoadError::from(crate::util::FileError::parse(
+            path,
+            format!("quantization_config: {detail}"),
+        ))
+    };
+    let method = q
+        .get("quant_method")
+        .and_then(|m| m.as_str())
+        .unwrap_or("?");
+    if !matches!(method, "fp8" | "compressed-tensors") {
+        return Err(bad(format!(
+            "quant_method `{method}` is not supported (supported: fp8, compressed-tensors FP8)"
+        )));
+    }
+    let block = q
+        .get("weight_block_size")
+        .or_else(|| q.pointer("/config_groups/group_0/weights/block_structure"));
+    match block {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(b) => match serde_json::from_value::<[usize; 2]>(b.clone()) {
+            Ok([r, c]) if r > 0 && c > 0 => Ok(Some([r, c])),
+            _ => Err(bad(format!(
+                "weight_block_size {b} must be two positive integers"
+            ))),
+        },
+    }
+}
+
+/// Open a folder in Mistral's own layout.
+fn open_native(dir: &Path, origin: &str) -> Result<ModelFiles, LoadError> {
+    let params_path = dir.join("params.json");
+    let params: serde_json::Value = crate::util::read_json(&params_path)?;
+    let doc = crate::formats::native::config_from_params(&params, &params_path)?;
+    let config = config_from(doc, &params_path)?;
+    let resolved = resolve_config(&config, &params_path)?;
+    let tokenizer = ModelTokenizer::from_folder(dir, &eos_ids(&config)).map_err(|source| {
+        LoadError::Tokenizer {
+            path: dir.to_path_buf(),
+            source,
+        }
+    })?;
+    let files = Box::new(SafetensorsFolder::open_consolidated(dir)?);
+    let source = Box::new(Renamed::mistral_native(
+        files,
+        resolved.heads,
+        resolved.kv_heads,
+        resolved.head_dim,
+    ));
     Ok(ModelFiles {
         quantized_decode: false,
         origin: origin.into(),

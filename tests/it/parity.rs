@@ -283,6 +283,44 @@ fn tiny_mixtral_with_routed_experts_matches_transformers() {
     tiny_exact("mixtral");
 }
 
+/// Every file of fixture folder `tiny/{name}` (whatever its layout) and the tiny tokenizer, in a
+/// temporary folder.
+fn tiny_as_is(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for src in [format!("tiny/{name}"), "tiny/tokenizer".into()] {
+        for e in std::fs::read_dir(crate::common::fixture(&src)).unwrap() {
+            let e = e.unwrap();
+            if e.file_name() != "reference.json" {
+                std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    (tmp, dir)
+}
+
+/// Mixtral in Mistral's own layout (`params.json`, `consolidated.safetensors`, `wq`/`wk` in
+/// interleaved-pair RoPE order) gives the Hugging Face folder's logits.
+#[test]
+fn tiny_mixtral_in_mistral_native_layout_matches_transformers() {
+    let (_tmp, dir) = tiny_as_is("mixtral_native");
+    assert!(!dir.join("config.json").exists());
+    let reference = read(&crate::common::fixture(
+        "tiny/mixtral_native/reference.json",
+    ));
+    tiny_exact_in("mixtral_native", &dir, &reference);
+}
+
+/// A multimodal Ministral 3 checkpoint (`mistral3`: the text model under `language_model.`,
+/// beside a vision tower) runs its text part, with the text model's logits.
+#[test]
+fn tiny_mistral3_multimodal_checkpoint_runs_its_text_part() {
+    let (_tmp, dir) = tiny_as_is("mistral3");
+    let reference = read(&crate::common::fixture("tiny/ministral3/reference.json"));
+    tiny_exact_in("mistral3", &dir, &reference);
+}
+
 /// A quick check on any folder with a `reference.json` (set `SWITCHYARD_PARITY_DIR`).
 #[test]
 #[ignore]

@@ -1,0 +1,294 @@
+//! Checkpoints whose tensors are not named the Hugging Face way, read through a renaming source:
+//! Mistral's own layout (`params.json` + `consolidated*.safetensors`, `layers.L.attention.wq`),
+//! and the text part of a multimodal `mistral3` checkpoint (`language_model.model.…` or
+//! `model.language_model.…`, beside a vision tower switchyard does not run).
+//!
+//! Mistral's files rotate interleaved pairs `(x[2i], x[2i+1])` with RoPE where Hugging Face
+//! rotates halves `(x[i], x[i + d/2])`; transformers' converters permute `wq`/`wk` rows per head
+//! (native row `2i + j` is Hugging Face row `j·d/2 + i`). Reading undoes it the same way, so the
+//! network sees the checkpoint transformers would have converted.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use super::{FormatError, HostTensor, TensorSource};
+
+/// How a stored tensor becomes the Hugging Face one.
+#[derive(Debug, Clone, Copy)]
+enum Fix {
+    Keep,
+    /// Rows of `heads` heads of `head_dim`, interleaved pairs → halves.
+    Rope {
+        heads: usize,
+        head_dim: usize,
+    },
+}
+
+/// A source whose tensors are read under other names (and, for Mistral's `wq`/`wk`, permuted).
+pub struct Renamed {
+    inner: Box<dyn TensorSource>,
+    /// Hugging Face name → (stored name, fix).
+    map: BTreeMap<String, (String, Fix)>,
+}
+
+impl Renamed {
+    /// The text part of a `mistral3` checkpoint: either transformers 5's names
+    /// (`model.language_model.X`, `lm_head`) or the older ones (`language_model.model.X`,
+    /// `language_model.lm_head`). The vision tower and projector are left out.
+    pub fn text_of_multimodal(inner: Box<dyn TensorSource>) -> Self {
+        let mut map = BTreeMap::new();
+        for stored in inner.names() {
+            let hf = if let Some(rest) = stored.strip_prefix("model.language_model.") {
+                Some(format!("model.{rest}"))
+            } else if let Some(rest) = stored.strip_prefix("language_model.model.") {
+                Some(format!("model.{rest}"))
+            } else if let Some(rest) = stored.strip_prefix("language_model.") {
+                Some(rest.to_string())
+            } else if stored == "lm_head.weight" {
+                Some(stored.clone())
+            } else {
+                None
+            };
+            if let Some(hf) = hf {
+                map.insert(hf, (stored, Fix::Keep));
+            }
+        }
+        Self { inner, map }
+    }
+
+    /// Mistral's own names (`tok_embeddings`, `layers.L.attention.wq`, `feed_forward.experts.N.w1`,
+    /// …) as Hugging Face's, for a model of `heads`/`kv_heads` heads of `head_dim`.
+    pub fn mistral_native(
+        inner: Box<dyn TensorSource>,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Self {
+        let mut map = BTreeMap::new();
+        for stored in inner.names() {
+            if let Some((hf, fix)) = native_name(&stored, heads, kv_heads, head_dim) {
+                map.insert(hf, (stored, fix));
+            }
+        }
+        Self { inner, map }
+    }
+}
+
+fn native_name(
+    stored: &str,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+) -> Option<(String, Fix)> {
+    let keep = |s: String| Some((s, Fix::Keep));
+    match stored {
+        "tok_embeddings.weight" => return keep("model.embed_tokens.weight".into()),
+        "norm.weight" => return keep("model.norm.weight".into()),
+        "output.weight" => return keep("lm_head.weight".into()),
+        _ => {}
+    }
+    let rest = stored.strip_prefix("layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let l = format!("model.layers.{layer}");
+    let rope = |n| Fix::Rope { heads: n, head_dim };
+    let (hf, fix) = match rest {
+        "attention.wq.weight" => (format!("{l}.self_attn.q_proj.weight"), rope(heads)),
+        "attention.wk.weight" => (format!("{l}.self_attn.k_proj.weight"), rope(kv_heads)),
+        "attention.wv.weight" => (format!("{l}.self_attn.v_proj.weight"), Fix::Keep),
+        "attention.wo.weight" => (format!("{l}.self_attn.o_proj.weight"), Fix::Keep),
+        "attention_norm.weight" => (format!("{l}.input_layernorm.weight"), Fix::Keep),
+        "ffn_norm.weight" => (format!("{l}.post_attention_layernorm.weight"), Fix::Keep),
+        "feed_forward.w1.weight" => (format!("{l}.mlp.gate_proj.weight"), Fix::Keep),
+        "feed_forward.w2.weight" => (format!("{l}.mlp.down_proj.weight"), Fix::Keep),
+        "feed_forward.w3.weight" => (format!("{l}.mlp.up_proj.weight"), Fix::Keep),
+        "feed_forward.gate.weight" => (format!("{l}.block_sparse_moe.gate.weight"), Fix::Keep),
+        other => {
+            let expert = other.strip_prefix("feed_forward.experts.")?;
+            (format!("{l}.block_sparse_moe.experts.{expert}"), Fix::Keep)
+        }
+    };
+    Some((hf, fix))
+}
+
+/// Interleaved pairs → halves, per head: Hugging Face row `j·d/2 + i` is stored row `2i + j`.
+fn unpermute(t: &mut HostTensor, heads: usize, head_dim: usize) -> Result<(), String> {
+    let cols = *t.shape.get(1).ok_or("not a matrix")?;
+    if t.shape[0] != heads * head_dim {
+        return Err(format!(
+            "has {} rows, expected {heads} heads × {head_dim}",
+            t.shape[0]
+        ));
+    }
+    let mut out = vec![0f32; t.data.len()];
+    let half = head_dim / 2;
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let src = (h * head_dim + 2 * i + j) * cols;
+                let dst = (h * head_dim + j * half + i) * cols;
+                out[dst..dst + cols].copy_from_slice(&t.data[src..src + cols]);
+            }
+        }
+    }
+    t.data = out;
+    Ok(())
+}
+
+impl TensorSource for Renamed {
+    fn origin(&self) -> &Path {
+        self.inner.origin()
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.map.keys().cloned().collect()
+    }
+
+    fn get(&self, name: &str) -> Result<Option<HostTensor>, FormatError> {
+        let Some((stored, fix)) = self.map.get(name) else {
+            return Ok(None);
+        };
+        let Some(mut t) = self.inner.get(stored)? else {
+            return Ok(None);
+        };
+        if let Fix::Rope { heads, head_dim } = *fix {
+            unpermute(&mut t, heads, head_dim).map_err(|detail| {
+                FormatError::format(self.inner.origin(), format!("tensor `{stored}` {detail}"))
+            })?;
+        }
+        Ok(Some(t))
+    }
+
+    fn dtype_of(&self, name: &str) -> Option<String> {
+        self.inner.dtype_of(&self.map.get(name)?.0)
+    }
+}
+
+/// `params.json` (Mistral's config) as the `config.json` transformers' converters write:
+/// `mistral`, `mixtral` (with `moe`) or `ministral3` (with `llama_4_scaling` or `yarn`).
+pub fn config_from_params(params: &Value, path: &Path) -> Result<Value, FormatError> {
+    let need = |key: &str| -> Result<&Value, FormatError> {
+        params.get(key).ok_or_else(|| FormatError::MissingKey {
+            path: path.to_path_buf(),
+            key: key.into(),
+        })
+    };
+    let num = |key: &str| -> Result<u64, FormatError> {
+        need(key)?.as_u64().ok_or_else(|| FormatError::BadKey {
+            path: path.to_path_buf(),
+            key: key.into(),
+            detail: "must be a positive integer".into(),
+        })
+    };
+    if params.get("q_lora_rank").is_some() || params.get("kv_lora_rank").is_some() {
+        return Err(FormatError::BadKey {
+            path: path.to_path_buf(),
+            key: "kv_lora_rank".into(),
+            detail: "Mistral-layout MLA checkpoints (Mistral Large 3) are not supported yet; \
+                     convert them with transformers (convert_mistral4_weights_to_hf.py) first"
+                .into(),
+        });
+    }
+    let dim = num("dim")?;
+    let heads = num("n_heads")?;
+    let mut c = json!({
+        "model_type": "mistral",
+        "hidden_size": dim,
+        "num_hidden_layers": num("n_layers")?,
+        "intermediate_size": num("hidden_dim")?,
+        "num_attention_heads": heads,
+        "num_key_value_heads": params.get("n_kv_heads").and_then(Value::as_u64).unwrap_or(heads),
+        "head_dim": params.get("head_dim").and_then(Value::as_u64).unwrap_or(dim / heads.max(1)),
+        "rms_norm_eps": need("norm_eps")?.as_f64().unwrap_or(1e-5),
+        "vocab_size": num("vocab_size")?,
+        "rope_theta": params.get("rope_theta").and_then(Value::as_f64).unwrap_or(10_000.0),
+        "tie_word_embeddings": params.get("tied_embeddings").and_then(Value::as_bool).unwrap_or(false),
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    });
+    if let Some(n) = params.get("max_seq_len").and_then(Value::as_u64) {
+        c["max_position_embeddings"] = n.into();
+    }
+    if let Some(w) = params.get("sliding_window").and_then(Value::as_u64) {
+        c["sliding_window"] = w.into();
+    }
+    if let Some(moe) = params.get("moe") {
+        c["model_type"] = "mixtral".into();
+        c["num_local_experts"] = moe.get("num_experts").cloned().unwrap_or(Value::Null);
+        c["num_experts_per_tok"] = moe.get("num_experts_per_tok").cloned().unwrap_or(2.into());
+    }
+    let yarn = params.get("yarn");
+    let llama4 = params.get("llama_4_scaling");
+    if yarn.is_some() || llama4.is_some() {
+        c["model_type"] = "ministral3".into();
+        let mut rope = json!({"rope_type": "default", "rope_theta": c["rope_theta"]});
+        if let Some(y) = yarn {
+            // As transformers' converter: beta → beta_fast, alpha → beta_slow, mscale 1 / 1.
+            rope["rope_type"] = "yarn".into();
+            rope["factor"] = y.get("factor").cloned().unwrap_or(Value::Null);
+            rope["original_max_position_embeddings"] = y
+                .get("original_max_position_embeddings")
+                .cloned()
+                .unwrap_or(Value::Null);
+            rope["beta_fast"] = y.get("beta").cloned().unwrap_or(32.0.into());
+            rope["beta_slow"] = y.get("alpha").cloned().unwrap_or(1.0.into());
+            rope["mscale"] = 1.0.into();
+            rope["mscale_all_dim"] = 1.0.into();
+        }
+        if let Some(l) = llama4 {
+            rope["llama_4_scaling_beta"] = l.get("beta").cloned().unwrap_or(Value::Null);
+            if rope
+                .get("original_max_position_embeddings")
+                .is_none_or(Value::is_null)
+            {
+                rope["original_max_position_embeddings"] = l
+                    .get("original_max_position_embeddings")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+            }
+        }
+        c["rope_parameters"] = rope;
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_rows_unpermute_to_hugging_face_order() {
+        // One head of 4 (2 pairs), 1 column: native rows are HF rows 0, 2, 1, 3.
+        let mut t = HostTensor::new(vec![4, 1], vec![0.0, 2.0, 1.0, 3.0]);
+        unpermute(&mut t, 1, 4).unwrap();
+        assert_eq!(t.data, [0.0, 1.0, 2.0, 3.0]);
+        let mut bad = HostTensor::new(vec![6, 1], vec![0.0; 6]);
+        assert!(unpermute(&mut bad, 1, 4).unwrap_err().contains("6 rows"));
+    }
+
+    #[test]
+    fn params_name_the_architecture_and_missing_keys() {
+        let p = json!({"dim": 64, "n_layers": 2, "hidden_dim": 20, "n_heads": 4, "n_kv_heads": 2,
+            "head_dim": 16, "norm_eps": 1e-5, "vocab_size": 256,
+            "moe": {"num_experts": 4, "num_experts_per_tok": 2}});
+        let c = config_from_params(&p, Path::new("params.json")).unwrap();
+        assert_eq!(
+            (c["model_type"].as_str(), c["num_local_experts"].as_u64()),
+            (Some("mixtral"), Some(4))
+        );
+        let mut p2 = p.clone();
+        p2.as_object_mut().unwrap().remove("dim");
+        let e = config_from_params(&p2, Path::new("params.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("params.json") && e.contains("dim"), "{e}");
+        let mut p3 = p;
+        p3["llama_4_scaling"] = json!({"beta": 0.1, "original_max_position_embeddings": 16384});
+        p3["yarn"] = json!({"factor": 16.0, "original_max_position_embeddings": 16384, "beta": 32.0, "alpha": 1.0});
+        let c = config_from_params(&p3, Path::new("params.json")).unwrap();
+        assert_eq!(c["model_type"], "ministral3");
+        assert_eq!(c["rope_parameters"]["llama_4_scaling_beta"], 0.1);
+        assert_eq!(c["rope_parameters"]["beta_slow"], 1.0);
+    }
+}
