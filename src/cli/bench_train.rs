@@ -50,11 +50,15 @@ pub struct TrainWorker {
 fn targets(config: &str, cfg: &switchyard::model::ResolvedConfig) -> Vec<String> {
     match config {
         "qv" => vec!["q_proj".into(), "v_proj".into()],
-        _ => cfg
-            .layer_projections()
-            .iter()
-            .map(|p| p.short().to_string())
-            .collect(),
+        _ => {
+            let mut names: Vec<String> = Vec::new();
+            for (_, p) in cfg.projections() {
+                if p.module != "lm_head" && !names.iter().any(|n| n == p.short()) {
+                    names.push(p.short().to_string());
+                }
+            }
+            names
+        }
     }
 }
 

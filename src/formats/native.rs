@@ -24,6 +24,12 @@ enum Fix {
         heads: usize,
         head_dim: usize,
     },
+    /// Expert `e` of a fused `[E, out, in]` tensor; `half` picks rows of `gate_up_proj`
+    /// (0: gate, 1: up; `None`: all rows).
+    Expert {
+        e: usize,
+        half: Option<usize>,
+    },
 }
 
 /// A source whose tensors are read under other names (and, for Mistral's `wq`/`wk`, permuted).
@@ -56,6 +62,57 @@ impl Renamed {
             }
         }
         Self { inner, map }
+    }
+
+    /// Experts stored fused, as transformers 5 writes `mistral4` (`mlp.experts.gate_up_proj`
+    /// `[E, 2I, H]`, `mlp.experts.down_proj` `[E, H, I]`), served one per expert
+    /// (`mlp.experts.3.gate_proj.weight`); every other tensor as it is.
+    pub fn unfused_experts(inner: Box<dyn TensorSource>, experts: usize) -> Self {
+        let mut map = BTreeMap::new();
+        for stored in inner.names() {
+            let fused = [("gate_up_proj", true), ("down_proj", false)]
+                .into_iter()
+                .find_map(|(n, gate_up)| {
+                    let prefix = stored.strip_suffix(&format!("mlp.experts.{n}"))?;
+                    Some((prefix.to_string(), gate_up))
+                });
+            match fused {
+                Some((prefix, true)) => {
+                    for e in 0..experts {
+                        for (half, n) in [(0, "gate_proj"), (1, "up_proj")] {
+                            let fix = Fix::Expert {
+                                e,
+                                half: Some(half),
+                            };
+                            map.insert(
+                                format!("{prefix}mlp.experts.{e}.{n}.weight"),
+                                (stored.clone(), fix),
+                            );
+                        }
+                    }
+                }
+                Some((prefix, false)) => {
+                    for e in 0..experts {
+                        let fix = Fix::Expert { e, half: None };
+                        map.insert(
+                            format!("{prefix}mlp.experts.{e}.down_proj.weight"),
+                            (stored.clone(), fix),
+                        );
+                    }
+                }
+                None => {
+                    map.insert(stored.clone(), (stored, Fix::Keep));
+                }
+            }
+        }
+        Self { inner, map }
+    }
+
+    /// Whether `inner` stores experts fused.
+    pub fn has_fused_experts(inner: &dyn TensorSource) -> bool {
+        inner.names().iter().any(|n| {
+            n.ends_with("mlp.experts.gate_up_proj") || n.ends_with("mlp.experts.down_proj")
+        })
     }
 
     /// Mistral's own names (`tok_embeddings`, `layers.L.attention.wq`, `feed_forward.experts.N.w1`,
@@ -152,10 +209,32 @@ impl TensorSource for Renamed {
         let Some(mut t) = self.inner.get(stored)? else {
             return Ok(None);
         };
-        if let Fix::Rope { heads, head_dim } = *fix {
-            unpermute(&mut t, heads, head_dim).map_err(|detail| {
-                FormatError::format(self.inner.origin(), format!("tensor `{stored}` {detail}"))
-            })?;
+        let bad = |detail: String| {
+            FormatError::format(self.inner.origin(), format!("tensor `{stored}` {detail}"))
+        };
+        match *fix {
+            Fix::Keep => {}
+            Fix::Rope { heads, head_dim } => unpermute(&mut t, heads, head_dim).map_err(bad)?,
+            Fix::Expert { e, half } => {
+                let [n, rows, cols] = t.shape[..] else {
+                    return Err(bad(format!(
+                        "has shape {:?}, expected [experts, out, in]",
+                        t.shape
+                    )));
+                };
+                if e >= n || (half.is_some() && !rows.is_multiple_of(2)) {
+                    return Err(bad(format!("has shape {:?}: no expert {e} in it", t.shape)));
+                }
+                let (first, count) = match half {
+                    Some(h) => (h * rows / 2, rows / 2),
+                    None => (0, rows),
+                };
+                let start = (e * rows + first) * cols;
+                t = HostTensor::new(
+                    vec![count, cols],
+                    t.data[start..start + count * cols].to_vec(),
+                );
+            }
         }
         Ok(Some(t))
     }

@@ -86,6 +86,12 @@ pub fn open_folder(dir: &Path, origin: &str) -> Result<ModelFiles, LoadError> {
         true => Box::new(Renamed::text_of_multimodal(folder)),
         false => folder,
     };
+    let source: Box<dyn TensorSource> = match resolved.experts {
+        Some(e) if Renamed::has_fused_experts(source.as_ref()) => {
+            Box::new(Renamed::unfused_experts(source, e.count))
+        }
+        _ => source,
+    };
     Ok(ModelFiles {
         quantized_decode: false,
         origin: origin.into(),

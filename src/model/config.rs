@@ -13,12 +13,19 @@ pub enum Architecture {
     Ministral3,
     /// Mistral with a sparse mixture of experts in place of each MLP.
     Mixtral,
+    /// DeepSeek-V3: multi-head latent attention (MLA), sigmoid-routed experts with a shared
+    /// expert, the first layers dense.
+    DeepseekV3,
+    /// Mistral Large 3's design (transformers' `mistral4`): DeepSeek-V3's with a softmax router
+    /// and Llama-4 query scaling.
+    Mistral4,
 }
 
 impl Architecture {
     pub const SUPPORTED: &'static str = "llama (LlamaForCausalLM), mistral (MistralForCausalLM), \
          qwen2 (Qwen2ForCausalLM), ministral3 (Ministral3ForCausalLM, and the text part of a mistral3 \
-         checkpoint), mixtral (MixtralForCausalLM)";
+         checkpoint), mixtral (MixtralForCausalLM), deepseek_v3 (DeepseekV3ForCausalLM), mistral4 \
+         (Mistral4ForCausalLM: Mistral Large 3)";
 
     pub fn from_model_type(model_type: &str) -> Option<Self> {
         match model_type {
@@ -27,6 +34,8 @@ impl Architecture {
             "qwen2" => Some(Self::Qwen2),
             "ministral3" => Some(Self::Ministral3),
             "mixtral" => Some(Self::Mixtral),
+            "deepseek_v3" => Some(Self::DeepseekV3),
+            "mistral4" => Some(Self::Mistral4),
             _ => None,
         }
     }
@@ -38,6 +47,8 @@ impl Architecture {
             Self::Qwen2 => "qwen2",
             Self::Ministral3 => "ministral3",
             Self::Mixtral => "mixtral",
+            Self::DeepseekV3 => "deepseek_v3",
+            Self::Mistral4 => "mistral4",
         }
     }
 
@@ -48,24 +59,34 @@ impl Architecture {
             Self::Qwen2 => "Qwen2ForCausalLM",
             Self::Ministral3 => "Ministral3ForCausalLM",
             Self::Mixtral => "MixtralForCausalLM",
+            Self::DeepseekV3 => "DeepseekV3ForCausalLM",
+            Self::Mistral4 => "Mistral4ForCausalLM",
         }
     }
 
-    pub const ALL: [Architecture; 5] = [
+    pub const ALL: [Architecture; 7] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
         Self::Ministral3,
         Self::Mixtral,
+        Self::DeepseekV3,
+        Self::Mistral4,
     ];
 
-    /// The projections of one decoder layer, by module path, in checkpoint order; an expert's
-    /// (`{e}` stands for its index) once per expert.
+    /// The projections a decoder layer may have, by module path (`{e}` stands for an expert's
+    /// index); which of them a given layer has is [`ResolvedConfig::layer_projections`]'s call.
     pub fn layer_modules(self) -> &'static [&'static str] {
         match self {
             Self::Llama | Self::Mistral | Self::Qwen2 | Self::Ministral3 => &LLAMA_LAYER,
             Self::Mixtral => &MIXTRAL_LAYER,
+            Self::DeepseekV3 | Self::Mistral4 => &MLA_LAYER,
         }
+    }
+
+    /// Multi-head latent attention and DeepSeek-style experts.
+    pub fn is_mla(self) -> bool {
+        matches!(self, Self::DeepseekV3 | Self::Mistral4)
     }
 
     /// The short names (`q_proj`) LoRA can target in any architecture, for checking a recipe
@@ -106,6 +127,28 @@ const MIXTRAL_LAYER: [&str; 7] = [
     "block_sparse_moe.experts.{e}.w1",
     "block_sparse_moe.experts.{e}.w2",
     "block_sparse_moe.experts.{e}.w3",
+];
+
+/// A DeepSeek-V3 / Mistral Large 3 layer: MLA's projections (`q_a_proj` and `q_b_proj` around a
+/// norm, or one `q_proj` when `q_lora_rank` is null; `kv_a_proj_with_mqa` to the latent and the
+/// shared rotary key, `kv_b_proj` from the latent to each head's key and value), then a dense
+/// MLP (the first layers) or routed experts beside a shared expert. The router is frozen.
+const MLA_LAYER: [&str; 15] = [
+    "self_attn.q_a_proj",
+    "self_attn.q_b_proj",
+    "self_attn.q_proj",
+    "self_attn.kv_a_proj_with_mqa",
+    "self_attn.kv_b_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+    "mlp.experts.{e}.gate_proj",
+    "mlp.experts.{e}.up_proj",
+    "mlp.experts.{e}.down_proj",
+    "mlp.shared_experts.gate_proj",
+    "mlp.shared_experts.up_proj",
+    "mlp.shared_experts.down_proj",
 ];
 
 /// `self_attn.q_proj` → `q_proj`: the name LoRA recipes and PEFT's `target_modules` use.
@@ -204,7 +247,7 @@ impl RopeScaling {
 }
 
 /// A sparse mixture of experts in place of the MLP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Experts {
     /// Routed experts per layer.
     pub count: usize,
@@ -212,6 +255,38 @@ pub struct Experts {
     pub per_token: usize,
     /// Each expert's FFN width.
     pub intermediate: usize,
+    /// The always-on shared expert's FFN width (0: none).
+    pub shared_intermediate: usize,
+    /// Layers before this one keep a dense MLP (`first_k_dense_replace`).
+    pub first_sparse_layer: usize,
+    /// Router scores: sigmoid (DeepSeek-V3) or softmax over every expert.
+    pub sigmoid: bool,
+    /// A per-expert bias added to the scores for choosing only (DeepSeek-V3's
+    /// `e_score_correction_bias`).
+    pub choice_bias: bool,
+    /// Expert groups, and how many of them a token may choose from.
+    pub groups: usize,
+    pub topk_groups: usize,
+    /// Chosen weights divided by their sum.
+    pub normalize: bool,
+    /// Chosen weights multiplied by this (`routed_scaling_factor`).
+    pub routed_scale: f64,
+}
+
+/// Multi-head latent attention's widths.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Mla {
+    /// The query's low-rank bottleneck (`None`: one `q_proj`).
+    pub q_lora_rank: Option<usize>,
+    /// The compressed key-value latent the cache holds.
+    pub kv_lora_rank: usize,
+    pub qk_nope: usize,
+    pub qk_rope: usize,
+    pub v: usize,
+    /// RoPE on interleaved pairs (DeepSeek's layout) rather than halves.
+    pub interleaved: bool,
+    /// `q·k` is multiplied by this: `qk_head_dim^-½`, times YaRN's `mscale²`.
+    pub softmax_scale: f64,
 }
 
 /// The parts of `config.json` the network needs. Unknown keys are allowed: configs carry many.
@@ -256,6 +331,37 @@ pub struct ModelConfig {
     pub num_local_experts: Option<usize>,
     #[serde(default)]
     pub num_experts_per_tok: Option<usize>,
+    /// DeepSeek-V3 / Mistral Large 3: MLA widths and the experts' layout.
+    #[serde(default)]
+    pub q_lora_rank: Option<usize>,
+    #[serde(default)]
+    pub kv_lora_rank: Option<usize>,
+    #[serde(default)]
+    pub qk_nope_head_dim: Option<usize>,
+    #[serde(default)]
+    pub qk_rope_head_dim: Option<usize>,
+    #[serde(default)]
+    pub v_head_dim: Option<usize>,
+    #[serde(default)]
+    pub rope_interleave: Option<bool>,
+    #[serde(default)]
+    pub n_routed_experts: Option<usize>,
+    #[serde(default)]
+    pub n_shared_experts: Option<usize>,
+    #[serde(default)]
+    pub moe_intermediate_size: Option<usize>,
+    #[serde(default)]
+    pub first_k_dense_replace: Option<usize>,
+    #[serde(default)]
+    pub n_group: Option<usize>,
+    #[serde(default)]
+    pub topk_group: Option<usize>,
+    #[serde(default)]
+    pub norm_topk_prob: Option<bool>,
+    #[serde(default)]
+    pub routed_scaling_factor: Option<f64>,
+    #[serde(default)]
+    pub scoring_func: Option<String>,
 }
 
 fn default_max_positions() -> usize {
@@ -281,8 +387,11 @@ pub struct ResolvedConfig {
     pub sliding_window: Option<usize>,
     pub qkv_bias: bool,
     pub mlp_bias: bool,
-    /// The mixture of experts replacing every layer's MLP (Mixtral).
+    /// The mixture of experts replacing the MLP (Mixtral: every layer; DeepSeek-style: from
+    /// `first_sparse_layer` on).
     pub experts: Option<Experts>,
+    /// Multi-head latent attention (then `head_dim` is the rotary part, `qk_rope`).
+    pub mla: Option<Mla>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -382,10 +491,24 @@ impl ModelConfig {
                     count,
                     per_token,
                     intermediate: self.intermediate_size,
+                    shared_intermediate: 0,
+                    first_sparse_layer: 0,
+                    sigmoid: false,
+                    choice_bias: false,
+                    groups: 1,
+                    topk_groups: 1,
+                    normalize: true,
+                    routed_scale: 1.0,
                 })
             }
+            a if a.is_mla() => self.deepseek_experts(a)?,
             _ => None,
         };
+        let mla = match arch.is_mla() {
+            true => Some(self.mla(rope_scaling.as_ref())?),
+            false => None,
+        };
+        let head_dim = mla.map_or(head_dim, |m| m.qk_rope);
         let sliding_window = match arch {
             Architecture::Mistral | Architecture::Ministral3 | Architecture::Mixtral => {
                 self.sliding_window
@@ -411,6 +534,109 @@ impl ModelConfig {
             qkv_bias: arch == Architecture::Qwen2 || self.attention_bias == Some(true),
             mlp_bias: self.mlp_bias == Some(true),
             experts,
+            mla,
+        })
+    }
+
+    /// DeepSeek-V3's experts (Mistral Large 3's: softmax router, no choice bias).
+    fn deepseek_experts(&self, arch: Architecture) -> Result<Option<Experts>, ConfigError> {
+        let invalid = |key, detail: String| ConfigError::Invalid { key, detail };
+        let Some(count) = self.n_routed_experts.or(self.num_local_experts) else {
+            return Ok(None);
+        };
+        let per_token = self.num_experts_per_tok.unwrap_or(8);
+        if count == 0 || per_token == 0 || per_token > count {
+            return Err(invalid(
+                "num_experts_per_tok",
+                format!("{per_token} must be between 1 and n_routed_experts = {count}"),
+            ));
+        }
+        let intermediate = self
+            .moe_intermediate_size
+            .ok_or_else(|| invalid("moe_intermediate_size", "an MoE config needs it".into()))?;
+        let (groups, topk_groups) = (self.n_group.unwrap_or(1), self.topk_group.unwrap_or(1));
+        if groups == 0 || !count.is_multiple_of(groups) || topk_groups == 0 || topk_groups > groups
+        {
+            return Err(invalid(
+                "n_group",
+                format!(
+                    "{groups} groups (topk_group {topk_groups}) must split {count} experts evenly"
+                ),
+            ));
+        }
+        if groups > 1 && count / groups < 2 {
+            return Err(invalid(
+                "n_group",
+                "each group needs at least two experts".into(),
+            ));
+        }
+        let sigmoid = match (arch, self.scoring_func.as_deref()) {
+            (_, Some("sigmoid")) => true,
+            (_, Some("softmax")) => false,
+            (_, Some(other)) => {
+                return Err(invalid(
+                    "scoring_func",
+                    format!("`{other}` is not supported (sigmoid, softmax)"),
+                ));
+            }
+            (Architecture::DeepseekV3, None) => true,
+            _ => false,
+        };
+        Ok(Some(Experts {
+            count,
+            per_token,
+            intermediate,
+            shared_intermediate: intermediate * self.n_shared_experts.unwrap_or(0),
+            first_sparse_layer: self.first_k_dense_replace.unwrap_or(0),
+            sigmoid,
+            choice_bias: arch == Architecture::DeepseekV3,
+            groups,
+            topk_groups,
+            normalize: self.norm_topk_prob.unwrap_or(true),
+            routed_scale: self.routed_scaling_factor.unwrap_or(1.0),
+        }))
+    }
+
+    /// MLA's widths, and its softmax scale (with YaRN, `mscale²` as transformers'
+    /// `yarn_apply_mscale`: `0.1·mscale_all_dim·ln(factor) + 1`).
+    fn mla(&self, rope: Option<&RopeScaling>) -> Result<Mla, ConfigError> {
+        let need = |key: &'static str, v: Option<usize>| {
+            v.filter(|&v| v > 0).ok_or_else(|| ConfigError::Invalid {
+                key,
+                detail: "multi-head latent attention needs it (a positive width)".into(),
+            })
+        };
+        let (nope, rot) = (
+            need("qk_nope_head_dim", self.qk_nope_head_dim)?,
+            need("qk_rope_head_dim", self.qk_rope_head_dim)?,
+        );
+        if !rot.is_multiple_of(2) {
+            return Err(ConfigError::Invalid {
+                key: "qk_rope_head_dim",
+                detail: format!("{rot} must be even"),
+            });
+        }
+        let mut softmax_scale = 1.0 / ((nope + rot) as f64).sqrt();
+        if let Some(s) = rope
+            && s.rope_type != "default"
+            && let Some(all) = s.mscale_all_dim.filter(|&m| m != 0.0)
+        {
+            let factor = s.factor.unwrap_or(1.0);
+            let m = if factor <= 1.0 {
+                1.0
+            } else {
+                0.1 * all * factor.ln() + 1.0
+            };
+            softmax_scale *= m * m;
+        }
+        Ok(Mla {
+            q_lora_rank: self.q_lora_rank.filter(|&r| r > 0),
+            kv_lora_rank: need("kv_lora_rank", self.kv_lora_rank)?,
+            qk_nope: nope,
+            qk_rope: rot,
+            v: need("v_head_dim", self.v_head_dim)?,
+            interleaved: self.rope_interleave.unwrap_or(true),
+            softmax_scale,
         })
     }
 }
@@ -418,42 +644,88 @@ impl ModelConfig {
 impl ResolvedConfig {
     /// The projections of one decoder layer with their shapes: the one table the network, its
     /// loader, training and recipe checks read.
-    pub fn layer_projections(&self) -> Vec<Projection> {
+    pub fn layer_projections(&self, layer: usize) -> Vec<Projection> {
         let (h, q, kv, f) = (
             self.hidden,
             self.heads * self.head_dim,
             self.kv_heads * self.head_dim,
             self.intermediate,
         );
-        let shape = |module: String| {
-            let (d_in, d_out, bias) = match short_name(&module) {
-                "q_proj" => (h, q, self.qkv_bias),
-                "k_proj" | "v_proj" => (h, kv, self.qkv_bias),
-                "o_proj" => (q, h, false),
-                "gate_proj" | "up_proj" | "w1" | "w3" => (h, f, self.mlp_bias),
-                "down_proj" | "w2" => (f, h, self.mlp_bias),
-                other => unreachable!("no shape for `{other}`"),
-            };
-            Projection {
-                module,
-                d_in,
-                d_out,
-                bias,
+        let p = |module: String, d_in: usize, d_out: usize, bias: bool| Projection {
+            module,
+            d_in,
+            d_out,
+            bias,
+        };
+        let mut out = Vec::new();
+        match self.mla {
+            Some(m) => {
+                let heads = self.heads;
+                let qk = heads * (m.qk_nope + m.qk_rope);
+                match m.q_lora_rank {
+                    Some(r) => {
+                        out.push(p("self_attn.q_a_proj".into(), h, r, self.qkv_bias));
+                        out.push(p("self_attn.q_b_proj".into(), r, qk, false));
+                    }
+                    None => out.push(p("self_attn.q_proj".into(), h, qk, false)),
+                }
+                let kv_a = m.kv_lora_rank + m.qk_rope;
+                out.push(p(
+                    "self_attn.kv_a_proj_with_mqa".into(),
+                    h,
+                    kv_a,
+                    self.qkv_bias,
+                ));
+                let kv_b = heads * (m.qk_nope + m.v);
+                out.push(p("self_attn.kv_b_proj".into(), m.kv_lora_rank, kv_b, false));
+                out.push(p("self_attn.o_proj".into(), heads * m.v, h, self.qkv_bias));
+            }
+            None => {
+                out.push(p("self_attn.q_proj".into(), h, q, self.qkv_bias));
+                out.push(p("self_attn.k_proj".into(), h, kv, self.qkv_bias));
+                out.push(p("self_attn.v_proj".into(), h, kv, self.qkv_bias));
+                out.push(p("self_attn.o_proj".into(), q, h, false));
+            }
+        }
+        let swiglu = |out: &mut Vec<Projection>, prefix: &str, names: [&str; 3], f: usize| {
+            // In checkpoint order: Mixtral's w1 (gate), w2 (down), w3 (up); the others' gate,
+            // up, down.
+            for n in names {
+                let down = n == "down_proj" || n == "w2";
+                let (d_in, d_out) = if down { (f, h) } else { (h, f) };
+                out.push(p(format!("{prefix}{n}"), d_in, d_out, self.mlp_bias));
             }
         };
-        let modules = self.arch.layer_modules();
-        let (shared, per_expert): (Vec<&str>, Vec<&str>) =
-            modules.iter().partition(|m| !m.contains("{e}"));
-        let experts = self.experts.map_or(0, |e| e.count);
-        let mut out: Vec<Projection> = shared.iter().map(|m| shape(m.to_string())).collect();
-        for e in 0..experts {
-            out.extend(
-                per_expert
-                    .iter()
-                    .map(|m| shape(m.replace("{e}", &e.to_string()))),
-            );
+        const GUD: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
+        match self.experts {
+            Some(e) if layer >= e.first_sparse_layer => {
+                for i in 0..e.count {
+                    match self.arch {
+                        Architecture::Mixtral => swiglu(
+                            &mut out,
+                            &format!("block_sparse_moe.experts.{i}."),
+                            ["w1", "w2", "w3"],
+                            e.intermediate,
+                        ),
+                        _ => swiglu(&mut out, &format!("mlp.experts.{i}."), GUD, e.intermediate),
+                    }
+                }
+                if e.shared_intermediate > 0 {
+                    swiglu(&mut out, "mlp.shared_experts.", GUD, e.shared_intermediate);
+                }
+            }
+            _ => swiglu(&mut out, "mlp.", GUD, f),
         }
         out
+    }
+
+    /// The router of layer `layer`'s experts (`None` for a dense layer): its module path.
+    pub fn router(&self, layer: usize) -> Option<&'static str> {
+        let e = self.experts?;
+        (layer >= e.first_sparse_layer).then_some(match self.arch {
+            Architecture::Mixtral => "block_sparse_moe.gate",
+            _ => "mlp.gate",
+        })
     }
 
     /// Parameters each token passes through: all of them for a dense model; for a mixture of
@@ -463,18 +735,20 @@ impl ResolvedConfig {
             return self.num_parameters();
         };
         let expert = 3 * self.hidden * e.intermediate;
-        self.num_parameters() - self.layers * (e.count - e.per_token) * expert
+        let sparse = (0..self.layers)
+            .filter(|&l| self.router(l).is_some())
+            .count();
+        self.num_parameters() - sparse * (e.count - e.per_token) * expert
     }
 
     /// Every projection by its full module name (`model.layers.0.self_attn.q_proj`, and
     /// `lm_head` when the output layer is not tied to the embedding), in checkpoint order.
     pub fn projections(&self) -> Vec<(String, Projection)> {
-        let layer = self.layer_projections();
         let mut out: Vec<(String, Projection)> = (0..self.layers)
             .flat_map(|i| {
-                layer
-                    .iter()
-                    .map(move |p| (format!("model.layers.{i}.{}", p.module), p.clone()))
+                self.layer_projections(i)
+                    .into_iter()
+                    .map(move |p| (format!("model.layers.{i}.{}", p.module), p))
             })
             .collect();
         if !self.tied_embeddings {
@@ -498,10 +772,16 @@ impl ResolvedConfig {
             .map(|(_, p)| p.d_in * p.d_out + if p.bias { p.d_out } else { 0 })
             .sum();
         let norms = (2 * self.layers + 1) * self.hidden;
-        let routers = self
-            .experts
-            .map_or(0, |e| self.layers * e.count * self.hidden);
-        projections + norms + routers + self.vocab * self.hidden
+        let sparse = (0..self.layers)
+            .filter(|&l| self.router(l).is_some())
+            .count();
+        let routers = self.experts.map_or(0, |e| {
+            sparse * e.count * (self.hidden + usize::from(e.choice_bias))
+        });
+        let latent_norms = self.mla.map_or(0, |m| {
+            self.layers * (m.kv_lora_rank + m.q_lora_rank.unwrap_or(0))
+        });
+        projections + norms + routers + latent_norms + self.vocab * self.hidden
     }
 }
 
@@ -546,7 +826,7 @@ mod tests {
         c["attention_bias"] = true.into();
         let r: ModelConfig = serde_json::from_value(c).unwrap();
         let r = r.resolve().unwrap();
-        let table = r.layer_projections();
+        let table = r.layer_projections(0);
         let names: Vec<&str> = table.iter().map(|p| p.short()).collect();
         assert_eq!(
             names,
@@ -577,7 +857,7 @@ mod tests {
         c["num_experts_per_tok"] = 2.into();
         let r: ModelConfig = serde_json::from_value(c.clone()).unwrap();
         let r = r.resolve().unwrap();
-        let table = r.layer_projections();
+        let table = r.layer_projections(1);
         assert_eq!(table.len(), 4 + 4 * 3);
         assert_eq!(table[4].module, "block_sparse_moe.experts.0.w1");
         assert_eq!(

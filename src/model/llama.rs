@@ -11,12 +11,13 @@ use std::sync::Arc;
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::IndexingUpdateOp;
 use burn::tensor::activation::{silu, softmax};
 
 use super::cache::{KvCache, LayerCache};
 use super::config::{Projection, ResolvedConfig};
 use super::lora::Proj;
+use super::mla::MlaAttention;
+use super::moe::{Moe, Routing};
 use super::quant::PackedMatrix;
 use super::rope::Rope;
 use super::vars::{Vars, WeightError};
@@ -28,6 +29,13 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
+    pub fn new(weight: Tensor<1>, eps: f64) -> Self {
+        Self {
+            weight: Param::from_tensor(weight),
+            eps,
+        }
+    }
+
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         #[cfg(feature = "cpu")]
         if super::fused::applies(&x) {
@@ -57,21 +65,12 @@ pub struct Mlp {
     pub down_proj: Proj,
 }
 
-/// Mixtral's sparse MLP: a router picks `per_token` experts for each token (softmax over all
-/// experts, top-k, renormalised) and the token's output is their weighted sum. Tokens are grouped
-/// by expert, so each expert runs once, on its own tokens only.
-#[derive(Module, Debug)]
-pub struct Moe {
-    /// The router, `[hidden, experts]`; frozen in fine-tuning.
-    pub gate: Linear,
-    pub experts: Vec<Mlp>,
-    per_token: usize,
-}
-
 #[derive(Module, Debug)]
 pub struct DecoderLayer {
     pub input_layernorm: RmsNorm,
-    pub self_attn: Attention,
+    /// Attention with its own keys and values per KV head, or `None` where MLA replaces it.
+    pub self_attn: Option<Attention>,
+    pub latent_attn: Option<MlaAttention>,
     pub post_attention_layernorm: RmsNorm,
     /// The dense MLP, or `None` where a mixture of experts replaces it.
     pub mlp: Option<Mlp>,
@@ -90,10 +89,10 @@ pub struct CausalLm {
     /// The tied embedding in the quantised blocks it was loaded from, for decode-sized logits.
     #[module(skip)]
     packed_embed: Option<Arc<PackedMatrix>>,
-    /// The module paths of a layer's projections (the config's table), in the order of
+    /// The module paths of each layer's projections (the config's table), in the order of
     /// [`DecoderLayer::projections`].
     #[module(skip)]
-    layer_modules: Vec<String>,
+    layer_modules: Vec<Vec<String>>,
 }
 
 /// What the caller wants out of a forward pass.
@@ -107,14 +106,14 @@ pub struct Batch {
 }
 
 /// `x · W (+ b)` plus the LoRA adapter's update, if the projection has one.
-fn project(p: &Proj, x: Tensor<3>) -> Tensor<3> {
+pub(super) fn project(p: &Proj, x: Tensor<3>) -> Tensor<3> {
     project_many(&[p], x).pop().expect("one projection")
 }
 
 /// Several projections of the same input. Decode-sized inputs on the CPU take a kernel: the
 /// quantised one when every projection kept its GGUF blocks (all of them in one parallel region),
 /// else the f32 small-matmul kernel.
-fn project_many(ps: &[&Proj], x: Tensor<3>) -> Vec<Tensor<3>> {
+pub(super) fn project_many(ps: &[&Proj], x: Tensor<3>) -> Vec<Tensor<3>> {
     let Some(base) = quantized(ps, &x) else {
         return ps.iter().map(|p| project_one(p, x.clone())).collect();
     };
@@ -199,7 +198,7 @@ fn packed_products(mats: &[&PackedMatrix], x: Tensor<2>) -> Vec<Tensor<2>> {
 }
 
 /// `x · W (+ b)`: decode-sized inputs on the CPU take the small-matmul kernel.
-fn dense(l: &Linear, x: Tensor<3>) -> Tensor<3> {
+pub(super) fn dense(l: &Linear, x: Tensor<3>) -> Tensor<3> {
     #[cfg(feature = "cpu")]
     {
         let [b, s, k] = x.dims();
@@ -228,7 +227,7 @@ fn dense(l: &Linear, x: Tensor<3>) -> Tensor<3> {
 }
 
 impl Mlp {
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    pub(super) fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [gate, up]: [Tensor<3>; 2] = project_many(&[&self.gate_proj, &self.up_proj], x)
             .try_into()
             .expect("two projections");
@@ -240,66 +239,13 @@ impl Mlp {
     }
 }
 
-impl Moe {
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [b, s, h] = x.dims();
-        let n = b * s;
-        let experts = self.experts.len();
-        let flat = x.reshape([n, h]);
-        let probs = softmax(dense(&self.gate, flat.clone().reshape([1, n, h])), 2);
-        let probs = probs.reshape([n * experts]);
-        // The choice of experts is discrete: made on the host, from values without gradient.
-        let host = probs.clone().to_data().convert::<f32>();
-        let host = host.as_slice::<f32>().expect("f32 router probabilities");
-        let mut rows: Vec<Vec<i64>> = vec![Vec::new(); experts];
-        let mut chosen = Vec::with_capacity(n * self.per_token);
-        for (t, p) in host.chunks(experts).enumerate() {
-            let mut order: Vec<usize> = (0..experts).collect();
-            // Highest first; the lower index wins a tie, as torch.topk does on the CPU.
-            order.sort_by(|&i, &j| p[j].total_cmp(&p[i]).then(i.cmp(&j)));
-            for &e in &order[..self.per_token] {
-                rows[e].push(t as i64);
-                chosen.push((t * experts + e) as i64);
-            }
-        }
-        // Each chosen weight over the sum of its token's chosen weights; these keep their
-        // gradient, so training sees how the router's weighting depends on the hidden state.
-        let device = flat.device();
-        let index = |v: Vec<i64>| {
-            let len = v.len();
-            Tensor::<1, Int>::from_data(TensorData::new(v, [len]), &device)
-        };
-        let picked = probs.clone().select(0, index(chosen));
-        let total = picked.reshape([n, self.per_token]).sum_dim(1);
-        let weights = (probs.reshape([n, experts]) / total).reshape([n * experts]);
-        let mut out = Tensor::<2>::zeros([n, h], &device);
-        for (e, (expert, tokens)) in self.experts.iter().zip(rows).enumerate() {
-            if tokens.is_empty() {
-                continue;
-            }
-            let m = tokens.len();
-            let slots: Vec<i64> = tokens
-                .iter()
-                .map(|&t| t * experts as i64 + e as i64)
-                .collect();
-            let tokens = index(tokens);
-            let w = weights.clone().select(0, index(slots)).reshape([m, 1]);
-            let y = expert
-                .forward(flat.clone().select(0, tokens.clone()).reshape([1, m, h]))
-                .reshape([m, h]);
-            out = out.select_assign(0, tokens, y * w, IndexingUpdateOp::Add);
-        }
-        out.reshape([b, s, h])
-    }
-}
-
 /// What every layer of one forward pass shares: RoPE tables, the queries' scale (Llama 4's, per
 /// position, `[batch, seq, 1]`) and the attention mask.
-struct Shared<'a> {
-    cos: &'a Tensor<4>,
-    sin: &'a Tensor<4>,
-    query_scale: Option<&'a Tensor<3>>,
-    mask: &'a Tensor<4>,
+pub(super) struct Shared<'a> {
+    pub cos: &'a Tensor<4>,
+    pub sin: &'a Tensor<4>,
+    pub query_scale: Option<&'a Tensor<3>>,
+    pub mask: &'a Tensor<4>,
 }
 
 impl Attention {
@@ -375,17 +321,27 @@ impl Attention {
 }
 
 impl DecoderLayer {
-    /// The projections, in the order of the config's table (`layer_modules`): attention, then
-    /// the MLP's (gate, up, down) or each expert's (`w1` gate, `w2` down, `w3` up).
-    fn projections(&self) -> Vec<&Proj> {
-        let a = &self.self_attn;
-        let mut out = vec![&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj];
+    /// The projections, in the order of the config's table (`layer_modules`): attention's, then
+    /// the MLP's (gate, up, down) or each expert's and the shared expert's.
+    fn projections<'a>(&'a self) -> Vec<&'a Proj> {
+        let mut out = match (&self.self_attn, &self.latent_attn) {
+            (Some(a), _) => vec![&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj],
+            (None, Some(m)) => m.projections(),
+            (None, None) => unreachable!("a layer has attention"),
+        };
+        let order = |m: &'a Mlp, mixtral: bool| match mixtral {
+            true => [&m.gate_proj, &m.down_proj, &m.up_proj],
+            false => [&m.gate_proj, &m.up_proj, &m.down_proj],
+        };
         if let Some(m) = &self.mlp {
-            out.extend([&m.gate_proj, &m.up_proj, &m.down_proj]);
+            out.extend(order(m, false));
         }
         if let Some(moe) = &self.moe {
             for m in &moe.experts {
-                out.extend([&m.gate_proj, &m.down_proj, &m.up_proj]);
+                out.extend(order(m, moe.routing.mixtral_order));
+            }
+            if let Some(m) = &moe.shared_experts {
+                out.extend(order(m, false));
             }
         }
         out
@@ -393,24 +349,40 @@ impl DecoderLayer {
 
     /// [`Self::projections`], mutable.
     fn projections_mut(&mut self) -> Vec<&mut Proj> {
-        let a = &mut self.self_attn;
-        let mut out = vec![&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj];
+        let mut out = match (&mut self.self_attn, &mut self.latent_attn) {
+            (Some(a), _) => vec![&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj],
+            (None, Some(m)) => m.projections_mut(),
+            (None, None) => unreachable!("a layer has attention"),
+        };
+        fn order(m: &mut Mlp, mixtral: bool) -> [&mut Proj; 3] {
+            match mixtral {
+                true => [&mut m.gate_proj, &mut m.down_proj, &mut m.up_proj],
+                false => [&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj],
+            }
+        }
         if let Some(m) = &mut self.mlp {
-            out.extend([&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]);
+            out.extend(order(m, false));
         }
         if let Some(moe) = &mut self.moe {
+            let mixtral = moe.routing.mixtral_order;
             for m in &mut moe.experts {
-                out.extend([&mut m.gate_proj, &mut m.down_proj, &mut m.up_proj]);
+                out.extend(order(m, mixtral));
+            }
+            if let Some(m) = &mut moe.shared_experts {
+                out.extend(order(m, false));
             }
         }
         out
     }
 
     fn forward(&self, x: Tensor<3>, at: &Shared<'_>, cache: &mut LayerCache) -> Tensor<3> {
-        let h = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), at, cache);
+        let normed = self.input_layernorm.forward(x.clone());
+        let attn = match (&self.self_attn, &self.latent_attn) {
+            (Some(a), _) => a.forward(normed, at, cache),
+            (None, Some(m)) => m.forward(normed, at, cache),
+            (None, None) => unreachable!("a layer has attention"),
+        };
+        let h = x + attn;
         let normed = self.post_attention_layernorm.forward(h.clone());
         let mlp = match (&self.mlp, &self.moe) {
             (Some(mlp), _) => mlp.forward(normed),
@@ -567,7 +539,7 @@ impl CausalLm {
     pub fn projections(&self) -> Vec<(String, &Proj)> {
         let mut out = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
-            for (m, p) in self.layer_modules.iter().zip(l.projections()) {
+            for (m, p) in self.layer_modules[i].iter().zip(l.projections()) {
                 out.push((format!("model.layers.{i}.{m}"), p));
             }
         }
@@ -582,7 +554,7 @@ impl CausalLm {
         let modules = &self.layer_modules;
         let mut out = Vec::new();
         for (i, l) in self.layers.iter_mut().enumerate() {
-            for (m, p) in modules.iter().zip(l.projections_mut()) {
+            for (m, p) in modules[i].iter().zip(l.projections_mut()) {
                 out.push((format!("model.layers.{i}.{m}"), p));
             }
         }
@@ -602,63 +574,112 @@ impl CausalLm {
                 eps: cfg.eps,
             })
         };
-        let table = cfg.layer_projections();
         let mut layers = Vec::with_capacity(cfg.layers);
+        let mut layer_modules = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let lv = vars.pp("model.layers").pp(i);
+            let table = cfg.layer_projections(i);
             let projs: Vec<Proj> = table
                 .iter()
                 .map(|p| projection(&lv.pp(&p.module), p))
                 .collect::<Result<_, _>>()?;
+            layer_modules.push(table.into_iter().map(|p| p.module).collect());
             let mut projs = projs.into_iter();
             let mut next = || projs.next().expect("the config's table");
-            let self_attn = Attention {
-                q_proj: next(),
-                k_proj: next(),
-                v_proj: next(),
-                o_proj: next(),
-                heads: cfg.heads,
-                kv_heads: cfg.kv_heads,
-                head_dim: cfg.head_dim,
-            };
-            let (mlp, moe) = match cfg.experts {
+            let (self_attn, latent_attn) = match cfg.mla {
                 None => {
-                    let (gate_proj, up_proj, down_proj) = (next(), next(), next());
-                    let mlp = Mlp {
-                        gate_proj,
-                        up_proj,
-                        down_proj,
+                    let attn = Attention {
+                        q_proj: next(),
+                        k_proj: next(),
+                        v_proj: next(),
+                        o_proj: next(),
+                        heads: cfg.heads,
+                        kv_heads: cfg.kv_heads,
+                        head_dim: cfg.head_dim,
                     };
-                    (Some(mlp), None)
+                    (Some(attn), None)
                 }
-                Some(e) => {
-                    let experts = (0..e.count)
-                        .map(|_| {
-                            let (gate_proj, down_proj, up_proj) = (next(), next(), next());
-                            Mlp {
-                                gate_proj,
-                                up_proj,
-                                down_proj,
-                            }
-                        })
-                        .collect();
-                    let router = lv
-                        .pp("block_sparse_moe.gate")
-                        .matrix("weight", [e.count, cfg.hidden])?;
+                Some(m) => {
+                    // The latent norms keep transformers' own eps (1e-6), not rms_norm_eps.
+                    let small = |name: &str, len: usize| -> Result<RmsNorm, WeightError> {
+                        Ok(RmsNorm::new(lv.pp(name).vector("weight", len)?, 1e-6))
+                    };
+                    let (q_a_proj, q_a_layernorm, q_b_proj, q_proj) = match m.q_lora_rank {
+                        Some(r) => (
+                            Some(next()),
+                            Some(small("self_attn.q_a_layernorm", r)?),
+                            Some(next()),
+                            None,
+                        ),
+                        None => (None, None, None, Some(next())),
+                    };
+                    let attn = MlaAttention {
+                        q_a_proj,
+                        q_a_layernorm,
+                        q_b_proj,
+                        q_proj,
+                        kv_a_proj_with_mqa: next(),
+                        kv_a_layernorm: small("self_attn.kv_a_layernorm", m.kv_lora_rank)?,
+                        kv_b_proj: next(),
+                        o_proj: next(),
+                        heads: cfg.heads,
+                        dims: m,
+                    };
+                    (None, Some(attn))
+                }
+            };
+            let mlp_of = |next: &mut dyn FnMut() -> Proj, mixtral: bool| {
+                let (gate_proj, second, third) = (next(), next(), next());
+                let (up_proj, down_proj) = match mixtral {
+                    true => (third, second),
+                    false => (second, third),
+                };
+                Mlp {
+                    gate_proj,
+                    up_proj,
+                    down_proj,
+                }
+            };
+            let (mlp, moe) = match (cfg.experts, cfg.router(i)) {
+                (Some(e), Some(router)) => {
+                    let mixtral = cfg.arch == crate::model::Architecture::Mixtral;
+                    let experts = (0..e.count).map(|_| mlp_of(&mut next, mixtral)).collect();
+                    let shared_experts =
+                        (e.shared_intermediate > 0).then(|| mlp_of(&mut next, false));
+                    let rv = lv.pp(router);
+                    let gate = rv.matrix("weight", [e.count, cfg.hidden])?;
+                    let choice_bias = match e.choice_bias {
+                        true => Some(Param::from_tensor(
+                            rv.vector("e_score_correction_bias", e.count)?,
+                        )),
+                        false => None,
+                    };
                     let moe = Moe {
                         gate: Linear {
-                            weight: Param::from_tensor(router.transpose()),
+                            weight: Param::from_tensor(gate.transpose()),
                             bias: None,
                         },
+                        choice_bias,
                         experts,
-                        per_token: e.per_token,
+                        shared_experts,
+                        routing: Routing {
+                            per_token: e.per_token,
+                            sigmoid: e.sigmoid,
+                            groups: e.groups,
+                            topk_groups: e.topk_groups,
+                            normalize: e.normalize,
+                            routed_scale: e.routed_scale,
+                            mixtral_order: mixtral,
+                        },
                     };
                     (None, Some(moe))
                 }
+                _ => (Some(mlp_of(&mut next, false)), None),
             };
             layers.push(DecoderLayer {
                 input_layernorm: norm(&lv.pp("input_layernorm"))?,
                 self_attn,
+                latent_attn,
                 post_attention_layernorm: norm(&lv.pp("post_attention_layernorm"))?,
                 mlp,
                 moe,
@@ -684,7 +705,7 @@ impl CausalLm {
             } else {
                 None
             },
-            layer_modules: table.into_iter().map(|p| p.module).collect(),
+            layer_modules,
         })
     }
 }

@@ -13,6 +13,8 @@ pub mod fused;
 pub mod kernels;
 pub mod llama;
 pub mod lora;
+pub mod mla;
+pub mod moe;
 pub mod quant;
 pub mod rope;
 pub mod spin;

@@ -283,6 +283,23 @@ fn tiny_mixtral_with_routed_experts_matches_transformers() {
     tiny_exact("mixtral");
 }
 
+#[test]
+fn tiny_deepseek_v3_with_latent_attention_and_sigmoid_routing_matches_transformers() {
+    tiny_exact("deepseek_v3");
+}
+
+#[test]
+fn tiny_mistral4_the_mistral_large_3_design_matches_transformers() {
+    tiny_exact("mistral4");
+}
+
+/// DeepSeek's FP8 layout (e4m3 with 16×16 block scales, a partial last block included),
+/// dequantised at load: the logits of transformers' own block dequantisation.
+#[test]
+fn tiny_deepseek_v3_in_fp8_blocks_matches_transformers_dequantisation() {
+    tiny_exact("deepseek_v3_fp8");
+}
+
 /// Every file of fixture folder `tiny/{name}` (whatever its layout) and the tiny tokenizer, in a
 /// temporary folder.
 fn tiny_as_is(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
