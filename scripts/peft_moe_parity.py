@@ -1,4 +1,5 @@
-"""PEFT reference logits for LoRA on a mixture of experts (tiny Mixtral).
+"""PEFT reference logits for LoRA on a mixture of experts (tiny Mixtral, tiny Mistral Large 3
+design `mistral4`: MLA attention, dense first layer, routed and shared experts).
 
 transformers 5 fuses Mixtral's experts into 3-D parameters, which PEFT adapts through
 `target_parameters`. This script checks switchyard's adapter files against PEFT:
@@ -11,6 +12,7 @@ transformers 5 fuses Mixtral's experts into 3-D parameters, which PEFT adapts th
 Run:
     python scripts/peft_moe_parity.py BASE_DIR ADAPTER_DIR OUT_DIR
     # e.g. tests/fixtures/tiny/mixtral  /tmp/run/out/adapter  tests/fixtures/lora/mixtral
+    #      tests/fixtures/tiny/mistral4 /tmp/run/out/adapter  tests/fixtures/lora/mistral4
 
 Writes OUT_DIR/adapter (a copy of ADAPTER_DIR), OUT_DIR/peft_made, OUT_DIR/reference.json
 {"input_ids", "base_logits", "adapter_logits", "adapter_merged_max_abs_diff",
@@ -32,7 +34,11 @@ INPUT_IDS = [1, 17, 42, 99, 3, 250, 128, 64, 7, 200, 33, 5]
 
 
 def base(path):
-    m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    with open(os.path.join(path, "config.json")) as f:
+        arch = json.load(f)["architectures"][0]
+    # AutoModelForCausalLM does not map every architecture (mistral4); the config names its class.
+    cls = getattr(transformers, arch, AutoModelForCausalLM)
+    m = cls.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
     return m.eval()
 
 
@@ -67,7 +73,10 @@ def main():
     shutil.copytree(adapter_dir, dst)
 
     torch.manual_seed(7)
-    cfg = LoraConfig(r=2, lora_alpha=6, target_modules=["q_proj", "o_proj"],
+    with open(os.path.join(base_dir, "config.json")) as f:
+        mla = "kv_lora_rank" in json.load(f)
+    attention = ["q_b_proj", "kv_b_proj", "o_proj", "shared_experts.up_proj"] if mla else ["q_proj", "o_proj"]
+    cfg = LoraConfig(r=2, lora_alpha=6, target_modules=attention,
                      target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
                      init_lora_weights=False)
     made = get_peft_model(base(base_dir), cfg).eval()

@@ -339,6 +339,18 @@ impl MergedSource {
     ) -> Result<Self, FormatError> {
         let origin = adapter_dir.join(WEIGHTS_FILE);
         let names = base.names();
+        let mut adapter = adapter;
+        // Experts under the base's own names (read adapters name them the Mixtral way).
+        adapter.pairs = std::mem::take(&mut adapter.pairs)
+            .into_iter()
+            .map(|(module, pair)| {
+                let has = |m: &str| names.contains(&format!("{m}.weight"));
+                match super::adapter_experts::other_style(&module) {
+                    Some(other) if !has(&module) && has(&other) => (other, pair),
+                    _ => (module, pair),
+                }
+            })
+            .collect();
         for module in adapter.pairs.keys() {
             if !names.contains(&format!("{module}.weight")) {
                 return Err(FormatError::Format {

@@ -20,19 +20,36 @@ use super::adapter::{AdapterConfig, LoraPair};
 const GATE_UP: &str = "mlp.experts.gate_up_proj";
 const DOWN: &str = "mlp.experts.down_proj";
 
-/// `model.layers.L.block_sparse_moe.experts.E.wN` → (L, E, N).
+/// `model.layers.L.block_sparse_moe.experts.E.wN` (Mixtral's names) or
+/// `model.layers.L.mlp.experts.E.{gate,down,up}_proj` (DeepSeek's) → (L, E, N), N as Mixtral
+/// numbers them (1 gate, 2 down, 3 up).
 fn expert_module(name: &str) -> Option<(usize, usize, u8)> {
     let rest = name.strip_prefix("model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
-    let rest = rest.strip_prefix("block_sparse_moe.experts.")?;
+    let rest = rest
+        .strip_prefix("block_sparse_moe.experts.")
+        .or_else(|| rest.strip_prefix("mlp.experts."))?;
     let (expert, w) = rest.split_once('.')?;
     let n = match w {
-        "w1" => 1,
-        "w2" => 2,
-        "w3" => 3,
+        "w1" | "gate_proj" => 1,
+        "w2" | "down_proj" => 2,
+        "w3" | "up_proj" => 3,
         _ => return None,
     };
     Some((layer.parse().ok()?, expert.parse().ok()?, n))
+}
+
+/// The same expert projection under the other architecture's names (read adapters name experts
+/// the Mixtral way; a DeepSeek-style model looks them up under its own).
+pub fn other_style(name: &str) -> Option<String> {
+    let (l, e, n) = expert_module(name)?;
+    Some(match name.contains(".block_sparse_moe.") {
+        true => {
+            let w = ["", "gate_proj", "down_proj", "up_proj"][n as usize];
+            format!("model.layers.{l}.mlp.experts.{e}.{w}")
+        }
+        false => expert_name(l, e, n),
+    })
 }
 
 fn expert_name(layer: usize, expert: usize, n: u8) -> String {

@@ -124,9 +124,11 @@ pub fn load_weights(
         let Some(l) = proj.lora.as_mut() else {
             continue;
         };
+        let other = crate::formats::adapter_experts::other_style(&name);
         let pair = adapter
             .pairs
             .get(&name)
+            .or_else(|| adapter.pairs.get(other.as_deref()?))
             .ok_or_else(|| TrainError::Checkpoint {
                 dir: dir.to_path_buf(),
                 what: format!("no adapter for `{name}`"),

@@ -421,7 +421,13 @@ mod tests {
         // experts (w1, w2, w3) and MLA's four (q_a, q_b, kv_a, kv_b); not the routers.
         let t = r.targets();
         assert_eq!(t.len(), 14, "{t:?}");
-        for name in ["q_proj", "down_proj", "w2", "kv_a_proj_with_mqa", "q_b_proj"] {
+        for name in [
+            "q_proj",
+            "down_proj",
+            "w2",
+            "kv_a_proj_with_mqa",
+            "q_b_proj",
+        ] {
             assert!(t.iter().any(|x| x == name), "{name} in {t:?}");
         }
         assert!(!t.iter().any(|x| x == "gate"), "routers stay frozen");

@@ -145,12 +145,13 @@ fn an_adapter_made_by_peft_loads_with_rslora_scaling() {
     assert!(worst_gap(&base, &reference) > 50.0 * TOLERANCE);
 }
 
-/// Every logit of the tiny Mixtral (with `adapter`, if any, merged as it loads) against `want`.
-fn mixtral_gap(folder: &std::path::Path, adapter: Option<&str>, want: &Value) -> f32 {
-    let mut files = open_folder(folder, "mixtral").unwrap();
+/// Every logit of a tiny MoE model `kind` (with `adapter`, if any, merged as it loads) against
+/// `want`.
+fn moe_gap(kind: &str, folder: &std::path::Path, adapter: Option<&str>, want: &Value) -> f32 {
+    let mut files = open_folder(folder, kind).unwrap();
     if let Some(a) = adapter {
         files = files
-            .with_adapter(&crate::common::fixture(&format!("lora/mixtral/{a}")))
+            .with_adapter(&crate::common::fixture(&format!("lora/{kind}/{a}")))
             .unwrap();
     }
     let model = files.model_on(&crate::common::cpu()).unwrap();
@@ -170,24 +171,24 @@ fn mixtral_gap(folder: &std::path::Path, adapter: Option<&str>, want: &Value) ->
     worst
 }
 
-/// LoRA on a mixture of experts, both ways: an adapter switchyard trained on the tiny Mixtral
+/// LoRA on a mixture of experts, both ways: an adapter switchyard trained on a tiny MoE model
 /// (attention and every expert) gives PEFT's logits when PEFT loads it through
 /// `target_parameters`, and an adapter PEFT made there gives PEFT's logits in switchyard.
 /// `switchyard merge` folds the expert adapters into the experts' weights.
-#[test]
-fn expert_adapters_match_peft_both_ways_and_merge() {
-    let reference = crate::common::read_json("lora/mixtral/reference.json");
+fn expert_adapters_match_peft(kind: &str) {
+    let reference = crate::common::read_json(&format!("lora/{kind}/reference.json"));
     let dir = tempfile::tempdir().unwrap();
-    let base = crate::common::tiny_model("mixtral", dir.path());
-    let config: Value = crate::common::read_json("lora/mixtral/adapter/adapter_config.json");
+    let base = crate::common::tiny_model(kind, dir.path());
+    let config: Value =
+        crate::common::read_json(&format!("lora/{kind}/adapter/adapter_config.json"));
     assert_eq!(
         config["target_parameters"],
         serde_json::json!(["mlp.experts.down_proj", "mlp.experts.gate_up_proj"])
     );
-    assert!(mixtral_gap(&base, None, &reference) < 1e-4);
+    assert!(moe_gap(kind, &base, None, &reference) < 1e-4);
     for adapter in ["adapter", "peft_made"] {
-        let gap = mixtral_gap(&base, Some(adapter), &reference);
-        eprintln!("{adapter} on the tiny Mixtral vs PEFT: max |Δ logit| {gap:.2e}");
+        let gap = moe_gap(kind, &base, Some(adapter), &reference);
+        eprintln!("{adapter} on the tiny {kind} vs PEFT: max |Δ logit| {gap:.2e}");
         assert!(gap < 1e-4, "{adapter}: {gap}");
     }
     assert!(reference["adapter_merged_max_abs_diff"].as_f64().unwrap() < 1e-4);
@@ -195,15 +196,27 @@ fn expert_adapters_match_peft_both_ways_and_merge() {
     crate::common::cli_ok(
         crate::common::cli()
             .args(["merge"])
-            .arg(crate::common::fixture("lora/mixtral/adapter"))
+            .arg(crate::common::fixture(&format!("lora/{kind}/adapter")))
             .arg(&merged)
             .args(["--model"])
             .arg(&base),
     );
-    let gap = mixtral_gap(&merged, None, &{
+    let gap = moe_gap(kind, &merged, None, &{
         let mut r = reference.clone();
         r["base_logits"] = r["adapter_logits"].clone();
         r
     });
     assert!(gap < 1e-4, "merged: {gap}");
+}
+
+#[test]
+fn expert_adapters_on_mixtral_match_peft_both_ways_and_merge() {
+    expert_adapters_match_peft("mixtral");
+}
+
+/// The Mistral Large 3 design: LoRA on MLA's projections (q_a, q_b, kv_a, kv_b, o), the dense
+/// first layer, the routed experts and the shared expert.
+#[test]
+fn adapters_on_mla_and_experts_match_peft_both_ways_and_merge() {
+    expert_adapters_match_peft("mistral4");
 }
