@@ -692,7 +692,7 @@ impl CausalLm {
             _ => None,
         };
         // Positions beyond what the model was trained for are refused by the generator, not here.
-        let positions = cfg.max_positions.min(32_768);
+        let positions = cfg.max_positions.min(super::MAX_ROPE_POSITIONS);
         Ok(Self {
             embed_tokens: Param::from_tensor(embed),
             layers,

@@ -22,6 +22,9 @@ pub mod vars;
 
 pub use cache::KvCache;
 
+/// Positions the RoPE tables cover at most (longer contexts are cut to this).
+pub const MAX_ROPE_POSITIONS: usize = 32_768;
+
 /// Whether the CPU kernels (`kernels`, `quant`) serve tensors on `device`: burn's CPU backend
 /// without autodiff. Always false in a build without the `cpu` feature.
 pub fn cpu_kernels_apply(device: &burn::prelude::Device) -> bool {

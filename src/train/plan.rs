@@ -40,6 +40,22 @@ pub struct Prepared {
 pub fn prepare(recipe: LoadedRecipe) -> Result<Prepared, TrainError> {
     let r = &recipe.recipe;
     let files = load::open(r.base_model.as_deref())?;
+    // Positions past the model's context have no RoPE table (and were never trained).
+    let context = files
+        .resolved
+        .max_positions
+        .min(crate::model::MAX_ROPE_POSITIONS);
+    if r.sequence_len > context {
+        return Err(TrainError::Recipe(RecipeError::Invalid {
+            path: recipe.path.clone(),
+            line: recipe.line_of("sequence_len"),
+            key: "sequence_len".into(),
+            detail: format!(
+                "{} is longer than the model's context ({context} positions, max_position_embeddings)",
+                r.sequence_len
+            ),
+        }));
+    }
     let specs: Vec<_> = r
         .datasets
         .iter()

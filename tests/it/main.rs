@@ -10,6 +10,7 @@ mod bad_input;
 mod catalog;
 mod convert;
 mod eval;
+mod family;
 mod gateway;
 mod generate;
 mod harness;
