@@ -48,6 +48,12 @@ folder under 400 KB, see the per-model comments at NEW_MODELS):
                      feed_forward.gate, feed_forward.experts.N.w1/w2/w3), with wq / wk rows
                      in Mistral's interleaved-pair RoPE order (see to_native_rope_rows).
                      Same reference.json content as mixtral.
+    deepseek_v3_ct   deepseek_v3_fp8's FP8 tensors in the compressed-tensors layout (Mistral
+                     Large 3's release format): `<name>.weight_scale` instead of
+                     `weight_scale_inv` (the same dequantisation multiplier), and a
+                     compressed-tensors quantization_config (block strategy, block_structure
+                     [16, 16]); config.json and model.safetensors only, its logits are
+                     deepseek_v3_fp8's (tests use that reference.json).
     mistral3         the ministral3 weights as the text part of a multimodal
                      Mistral3ForConditionalGeneration (what Ministral 3 checkpoints are), beside
                      a tiny random Pixtral vision tower and projector; config.json and
@@ -188,7 +194,8 @@ NEW_MODELS = {
 }
 
 # Written from another model's weights: NAME -> base NAME.
-DERIVED = {"deepseek_v3_fp8": "deepseek_v3", "mixtral_native": "mixtral", "mistral3": "ministral3"}
+DERIVED = {"deepseek_v3_fp8": "deepseek_v3", "deepseek_v3_ct": "deepseek_v3",
+           "mixtral_native": "mixtral", "mistral3": "ministral3"}
 
 ALL_NAMES = list(MODELS) + list(NEW_MODELS) + list(DERIVED)
 
@@ -686,6 +693,28 @@ def main():
                                          "wq/wk rows in interleaved-pair RoPE order")
             write_reference(nfolder, cls.__name__, logits, native_extra)
             report_size(nfolder)
+
+        if "deepseek_v3_ct" in derived:
+            cfolder = os.path.join(out_dir, "deepseek_v3_ct")
+            os.makedirs(cfolder, exist_ok=True)
+            fp8_sd, _ = fp8_state_dict(load_file(os.path.join(folder, "model.safetensors")), FP8_BLOCK)
+            ct_sd = {k.replace(".weight_scale_inv", ".weight_scale"): v for k, v in fp8_sd.items()}
+            save_file(ct_sd, os.path.join(cfolder, "model.safetensors"), metadata={"format": "pt"})
+            with open(os.path.join(folder, "config.json")) as f:
+                cfg = json.load(f)
+            cfg["quantization_config"] = {
+                "quant_method": "compressed-tensors", "format": "float-quantized",
+                "quantization_status": "compressed",
+                "config_groups": {"group_0": {
+                    "targets": ["Linear"],
+                    "weights": {"num_bits": 8, "type": "float", "strategy": "block",
+                                "block_structure": FP8_BLOCK, "symmetric": True, "dynamic": False},
+                    "input_activations": {"num_bits": 8, "type": "float", "strategy": "group",
+                                          "group_size": FP8_BLOCK[1], "dynamic": True}}},
+                "ignore": ["lm_head", "re:.*mlp.gate$"]}
+            with open(os.path.join(cfolder, "config.json"), "w") as f:
+                f.write(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+            report_size(cfolder)
 
         if "deepseek_v3_fp8" in derived:
             ffolder = os.path.join(out_dir, "deepseek_v3_fp8")

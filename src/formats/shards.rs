@@ -264,3 +264,65 @@ pub fn write_safetensors(
         safetensors::serialize(views, Some(meta)).map_err(|e| FormatError::format(path, e))?;
     Ok(write_atomic(path, &bytes)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn e4m3_decodes_normals_subnormals_and_nan() {
+        assert_eq!(e4m3_to_f32(0x38), 1.0);
+        assert_eq!(e4m3_to_f32(0xb8), -1.0);
+        assert_eq!(e4m3_to_f32(0x7e), 448.0, "the largest finite value");
+        assert_eq!(e4m3_to_f32(0x01), 2f32.powi(-9), "the smallest subnormal");
+        assert_eq!(e4m3_to_f32(0x3c), 1.5);
+        assert!(e4m3_to_f32(0x7f).is_nan() && e4m3_to_f32(0xff).is_nan());
+    }
+
+    /// An FP8 weight with its scale blocks (one partial), and one without any scale.
+    #[test]
+    fn fp8_blocks_dequantise_and_a_missing_scale_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        // [3, 2] weights of 1.0 (0x38) in blocks of [2, 2]: rows 0-1 scale 0.5, row 2 scale 4.
+        let w = [0x38u8; 6];
+        let scale: Vec<u8> = [0.5f32, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let views = vec![
+            (
+                "a.weight",
+                safetensors::tensor::TensorView::new(Dtype::F8_E4M3, vec![3, 2], &w).unwrap(),
+            ),
+            (
+                "a.weight_scale_inv",
+                safetensors::tensor::TensorView::new(Dtype::F32, vec![2, 1], &scale).unwrap(),
+            ),
+            (
+                "b.weight",
+                safetensors::tensor::TensorView::new(Dtype::F8_E4M3, vec![3, 2], &w).unwrap(),
+            ),
+        ];
+        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        let src = SafetensorsFolder::open_file(&path)
+            .unwrap()
+            .with_fp8_blocks(Some([2, 2]));
+        assert_eq!(
+            src.get("a.weight").unwrap().unwrap().data,
+            [0.5, 0.5, 0.5, 0.5, 4.0, 4.0]
+        );
+        let e = src.get("b.weight").unwrap_err().to_string();
+        assert!(e.contains("b.weight_scale_inv"), "{e}");
+        // Without the config's block size, block scales cannot be placed.
+        let src = SafetensorsFolder::open_file(&path).unwrap();
+        let e = src.get("a.weight").unwrap_err().to_string();
+        assert!(e.contains("weight_block_size"), "{e}");
+        // A block size that does not fit the scale's shape is named.
+        let src = SafetensorsFolder::open_file(&path)
+            .unwrap()
+            .with_fp8_blocks(Some([1, 2]));
+        let e = src.get("a.weight").unwrap_err().to_string();
+        assert!(
+            e.contains("a.weight_scale_inv") && e.contains("[3, 1]"),
+            "{e}"
+        );
+    }
+}

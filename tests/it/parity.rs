@@ -300,6 +300,17 @@ fn tiny_deepseek_v3_in_fp8_blocks_matches_transformers_dequantisation() {
     tiny_exact("deepseek_v3_fp8");
 }
 
+/// The same FP8 weights in the compressed-tensors layout (Mistral Large 3's release format:
+/// `weight_scale`, and the block size under `config_groups`).
+#[test]
+fn tiny_deepseek_v3_in_compressed_tensors_fp8_matches_transformers_dequantisation() {
+    let (_tmp, dir) = tiny_as_is("deepseek_v3_ct");
+    let reference = read(&crate::common::fixture(
+        "tiny/deepseek_v3_fp8/reference.json",
+    ));
+    tiny_exact_in("deepseek_v3_ct", &dir, &reference);
+}
+
 /// Every file of fixture folder `tiny/{name}` (whatever its layout) and the tiny tokenizer, in a
 /// temporary folder.
 fn tiny_as_is(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
