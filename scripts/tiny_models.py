@@ -54,6 +54,14 @@ folder under 400 KB, see the per-model comments at NEW_MODELS):
                      compressed-tensors quantization_config (block strategy, block_structure
                      [16, 16]); config.json and model.safetensors only, its logits are
                      deepseek_v3_fp8's (tests use that reference.json).
+    mistral4_native  the mistral4 weights in Mistral's own layout, as Mistral Large 3 ships:
+                     params.json (MLA widths at the top level, `moe`, `yarn` with
+                     apply_scale false, `llama_4_scaling`) + consolidated.safetensors
+                     (layers.L.attention.wq_a / q_a_norm / wq_b / wkv_a_with_mqa / kv_a_norm
+                     / wkv_b / wo, feed_forward.w1-3 for the dense layer, gate,
+                     experts.N.w1-3, shared_experts.w1-3; names as vLLM's
+                     MistralLarge3ForCausalLM remaps them). MLA q/k rows are not permuted.
+                     No reference.json: its logits are mistral4's.
     mistral3         the ministral3 weights as the text part of a multimodal
                      Mistral3ForConditionalGeneration (what Ministral 3 checkpoints are), beside
                      a tiny random Pixtral vision tower and projector; config.json and
@@ -195,6 +203,7 @@ NEW_MODELS = {
 
 # Written from another model's weights: NAME -> base NAME.
 DERIVED = {"deepseek_v3_fp8": "deepseek_v3", "deepseek_v3_ct": "deepseek_v3",
+           "mistral4_native": "mistral4",
            "mixtral_native": "mixtral", "mistral3": "ministral3"}
 
 ALL_NAMES = list(MODELS) + list(NEW_MODELS) + list(DERIVED)
@@ -556,6 +565,58 @@ def native_mixtral(model):
     return nat, params
 
 
+def native_mistral4(model):
+    """Mistral Large 3's own layout for a Mistral4ForCausalLM (see the docstring)."""
+    cfg = model.config
+    sd = model.state_dict()
+    nat = {"tok_embeddings.weight": sd["model.embed_tokens.weight"],
+           "norm.weight": sd["model.norm.weight"],
+           "output.weight": sd["lm_head.weight"]}
+    attn = {"q_a_proj": "wq_a", "q_a_layernorm": "q_a_norm", "q_b_proj": "wq_b",
+            "kv_a_proj_with_mqa": "wkv_a_with_mqa", "kv_a_layernorm": "kv_a_norm",
+            "kv_b_proj": "wkv_b", "o_proj": "wo"}
+    mlp = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
+    inter = cfg.moe_intermediate_size
+    for i in range(cfg.num_hidden_layers):
+        p, n = f"model.layers.{i}.", f"layers.{i}."
+        for hf, native in attn.items():
+            nat[n + f"attention.{native}.weight"] = sd[p + f"self_attn.{hf}.weight"]
+        nat[n + "attention_norm.weight"] = sd[p + "input_layernorm.weight"]
+        nat[n + "ffn_norm.weight"] = sd[p + "post_attention_layernorm.weight"]
+        if i < cfg.first_k_dense_replace:
+            for hf, native in mlp.items():
+                nat[n + f"feed_forward.{native}.weight"] = sd[p + f"mlp.{hf}.weight"]
+            continue
+        nat[n + "gate.weight"] = sd[p + "mlp.gate.weight"]
+        for hf, native in mlp.items():
+            nat[n + f"shared_experts.{native}.weight"] = sd[p + f"mlp.shared_experts.{hf}.weight"]
+        gate_up, down = sd[p + "mlp.experts.gate_up_proj"], sd[p + "mlp.experts.down_proj"]
+        for e in range(cfg.n_routed_experts):
+            nat[n + f"experts.{e}.w1.weight"] = gate_up[e, :inter]
+            nat[n + f"experts.{e}.w3.weight"] = gate_up[e, inter:]
+            nat[n + f"experts.{e}.w2.weight"] = down[e]
+    nat = {k: v.contiguous() for k, v in nat.items()}
+    rope = cfg.rope_parameters
+    params = {"dim": cfg.hidden_size, "n_layers": cfg.num_hidden_layers, "hidden_dim": cfg.intermediate_size,
+              "n_heads": cfg.num_attention_heads, "n_kv_heads": cfg.num_key_value_heads,
+              "norm_eps": cfg.rms_norm_eps, "vocab_size": cfg.vocab_size, "rope_theta": rope["rope_theta"],
+              "max_position_embeddings": cfg.max_position_embeddings,
+              "q_lora_rank": cfg.q_lora_rank, "kv_lora_rank": cfg.kv_lora_rank,
+              "qk_nope_head_dim": cfg.qk_nope_head_dim, "qk_rope_head_dim": cfg.qk_rope_head_dim,
+              "v_head_dim": cfg.v_head_dim,
+              "moe": {"num_experts": cfg.n_routed_experts, "num_experts_per_tok": cfg.num_experts_per_tok,
+                      "expert_hidden_dim": inter, "num_shared_experts": cfg.n_shared_experts,
+                      "first_k_dense_replace": cfg.first_k_dense_replace, "route_every_n": 1,
+                      "routed_scale": cfg.routed_scaling_factor, "num_expert_groups": cfg.n_group,
+                      "num_expert_groups_per_tok": cfg.topk_group},
+              "yarn": {"factor": rope["factor"], "original_max_position_embeddings":
+                       rope["original_max_position_embeddings"], "beta": rope["beta_fast"],
+                       "alpha": rope["beta_slow"], "apply_scale": False},
+              "llama_4_scaling": {"beta": rope["llama_4_scaling_beta"],
+                                  "original_max_position_embeddings": rope["original_max_position_embeddings"]}}
+    return nat, params
+
+
 def native_forward(nat, params, ids):
     """Mistral's reference forward (mistral_inference transformer.py / transformer_layers.py /
     moe.py / rope.py) on the native tensors: interleaved complex RoPE, gate top-k on the logits
@@ -745,6 +806,16 @@ def main():
             write_reference(ffolder, "DeepseekV3ForCausalLM", qlogits,
                             {"greedy": greedy_of(qmodel), "routing": qrouting, "facts": facts})
             report_size(ffolder)
+
+        if "mistral4_native" in derived:
+            nat, params = native_mistral4(model)
+            nfolder = os.path.join(out_dir, "mistral4_native")
+            os.makedirs(nfolder, exist_ok=True)
+            with open(os.path.join(nfolder, "params.json"), "w") as f:
+                json.dump(params, f, indent=2)
+                f.write("\n")
+            save_file(nat, os.path.join(nfolder, "consolidated.safetensors"))
+            report_size(nfolder)
 
         if "mistral3" in derived:
             mfolder = os.path.join(out_dir, "mistral3")

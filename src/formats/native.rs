@@ -117,15 +117,18 @@ impl Renamed {
 
     /// Mistral's own names (`tok_embeddings`, `layers.L.attention.wq`, `feed_forward.experts.N.w1`,
     /// …) as Hugging Face's, for a model of `heads`/`kv_heads` heads of `head_dim`.
+    /// `mla`: Mistral Large 3's latent attention (`wq_a`, `wkv_a_with_mqa`, …), whose rows are
+    /// stored as they are used (no RoPE permutation).
     pub fn mistral_native(
         inner: Box<dyn TensorSource>,
         heads: usize,
         kv_heads: usize,
         head_dim: usize,
+        mla: bool,
     ) -> Self {
         let mut map = BTreeMap::new();
         for stored in inner.names() {
-            if let Some((hf, fix)) = native_name(&stored, heads, kv_heads, head_dim) {
+            if let Some((hf, fix)) = native_name(&stored, heads, kv_heads, head_dim, mla) {
                 map.insert(hf, (stored, fix));
             }
         }
@@ -138,6 +141,7 @@ fn native_name(
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    mla: bool,
 ) -> Option<(String, Fix)> {
     let keep = |s: String| Some((s, Fix::Keep));
     match stored {
@@ -148,25 +152,55 @@ fn native_name(
     }
     let rest = stored.strip_prefix("layers.")?;
     let (layer, rest) = rest.split_once('.')?;
+    // FP8 scales follow their weight (`qscale_weight`: the dequantisation multiplier);
+    // activation scales are for FP8 matmuls, which switchyard does not run.
+    let (module, suffix) = match rest.rsplit_once('.')? {
+        (m, "weight") => (m, "weight"),
+        (m, "qscale_weight") => (m, "weight_scale"),
+        _ => return None,
+    };
     let l = format!("model.layers.{layer}");
     let rope = |n| Fix::Rope { heads: n, head_dim };
-    let (hf, fix) = match rest {
-        "attention.wq.weight" => (format!("{l}.self_attn.q_proj.weight"), rope(heads)),
-        "attention.wk.weight" => (format!("{l}.self_attn.k_proj.weight"), rope(kv_heads)),
-        "attention.wv.weight" => (format!("{l}.self_attn.v_proj.weight"), Fix::Keep),
-        "attention.wo.weight" => (format!("{l}.self_attn.o_proj.weight"), Fix::Keep),
-        "attention_norm.weight" => (format!("{l}.input_layernorm.weight"), Fix::Keep),
-        "ffn_norm.weight" => (format!("{l}.post_attention_layernorm.weight"), Fix::Keep),
-        "feed_forward.w1.weight" => (format!("{l}.mlp.gate_proj.weight"), Fix::Keep),
-        "feed_forward.w2.weight" => (format!("{l}.mlp.down_proj.weight"), Fix::Keep),
-        "feed_forward.w3.weight" => (format!("{l}.mlp.up_proj.weight"), Fix::Keep),
-        "feed_forward.gate.weight" => (format!("{l}.block_sparse_moe.gate.weight"), Fix::Keep),
+    let swiglu = |w: &str| match w {
+        "w1" => Some("gate_proj"),
+        "w2" => Some("down_proj"),
+        "w3" => Some("up_proj"),
+        _ => None,
+    };
+    let (hf, fix) = match module {
+        "attention.wq" if mla => (format!("{l}.self_attn.q_proj"), Fix::Keep),
+        "attention.wq" => (format!("{l}.self_attn.q_proj"), rope(heads)),
+        "attention.wk" => (format!("{l}.self_attn.k_proj"), rope(kv_heads)),
+        "attention.wv" => (format!("{l}.self_attn.v_proj"), Fix::Keep),
+        "attention.wo" => (format!("{l}.self_attn.o_proj"), Fix::Keep),
+        "attention.wq_a" => (format!("{l}.self_attn.q_a_proj"), Fix::Keep),
+        "attention.q_a_norm" => (format!("{l}.self_attn.q_a_layernorm"), Fix::Keep),
+        "attention.wq_b" => (format!("{l}.self_attn.q_b_proj"), Fix::Keep),
+        "attention.wkv_a_with_mqa" => (format!("{l}.self_attn.kv_a_proj_with_mqa"), Fix::Keep),
+        "attention.kv_a_norm" => (format!("{l}.self_attn.kv_a_layernorm"), Fix::Keep),
+        "attention.wkv_b" => (format!("{l}.self_attn.kv_b_proj"), Fix::Keep),
+        "attention_norm" => (format!("{l}.input_layernorm"), Fix::Keep),
+        "ffn_norm" => (format!("{l}.post_attention_layernorm"), Fix::Keep),
+        "feed_forward.gate" => (format!("{l}.block_sparse_moe.gate"), Fix::Keep),
+        "gate" => (format!("{l}.mlp.gate"), Fix::Keep),
         other => {
-            let expert = other.strip_prefix("feed_forward.experts.")?;
-            (format!("{l}.block_sparse_moe.experts.{expert}"), Fix::Keep)
+            if let Some(w) = other.strip_prefix("feed_forward.") {
+                match w.strip_prefix("experts.") {
+                    // Mixtral: the experts keep their names.
+                    Some(expert) => (format!("{l}.block_sparse_moe.experts.{expert}"), Fix::Keep),
+                    None => (format!("{l}.mlp.{}", swiglu(w)?), Fix::Keep),
+                }
+            } else if let Some(w) = other.strip_prefix("shared_experts.") {
+                (format!("{l}.mlp.shared_experts.{}", swiglu(w)?), Fix::Keep)
+            } else if let Some(ew) = other.strip_prefix("experts.") {
+                let (e, w) = ew.split_once('.')?;
+                (format!("{l}.mlp.experts.{e}.{}", swiglu(w)?), Fix::Keep)
+            } else {
+                return None;
+            }
         }
     };
-    Some((hf, fix))
+    Some((format!("{hf}.{suffix}"), fix))
 }
 
 /// Interleaved pairs → halves, per head: Hugging Face row `j·d/2 + i` is stored row `2i + j`.
@@ -245,7 +279,8 @@ impl TensorSource for Renamed {
 }
 
 /// `params.json` (Mistral's config) as the `config.json` transformers' converters write:
-/// `mistral`, `mixtral` (with `moe`) or `ministral3` (with `llama_4_scaling` or `yarn`).
+/// `mistral`, `mixtral` (with `moe`), `ministral3` (with `llama_4_scaling` or `yarn`) or, with
+/// MLA's widths, `mistral4` (Mistral Large 3; its `moe` keys as vLLM reads them).
 pub fn config_from_params(params: &Value, path: &Path) -> Result<Value, FormatError> {
     let need = |key: &str| -> Result<&Value, FormatError> {
         params.get(key).ok_or_else(|| FormatError::MissingKey {
@@ -260,15 +295,6 @@ pub fn config_from_params(params: &Value, path: &Path) -> Result<Value, FormatEr
             detail: "must be a positive integer".into(),
         })
     };
-    if params.get("q_lora_rank").is_some() || params.get("kv_lora_rank").is_some() {
-        return Err(FormatError::BadKey {
-            path: path.to_path_buf(),
-            key: "kv_lora_rank".into(),
-            detail: "Mistral-layout MLA checkpoints (Mistral Large 3) are not supported yet; \
-                     convert them with transformers (convert_mistral4_weights_to_hf.py) first"
-                .into(),
-        });
-    }
     let dim = num("dim")?;
     let heads = num("n_heads")?;
     let mut c = json!({
@@ -286,13 +312,62 @@ pub fn config_from_params(params: &Value, path: &Path) -> Result<Value, FormatEr
         "bos_token_id": 1,
         "eos_token_id": 2,
     });
-    if let Some(n) = params.get("max_seq_len").and_then(Value::as_u64) {
+    if let Some(n) = params
+        .get("max_position_embeddings")
+        .or_else(|| params.get("max_seq_len"))
+        .and_then(Value::as_u64)
+    {
         c["max_position_embeddings"] = n.into();
     }
     if let Some(w) = params.get("sliding_window").and_then(Value::as_u64) {
         c["sliding_window"] = w.into();
     }
-    if let Some(moe) = params.get("moe") {
+    let mla = params.get("kv_lora_rank").is_some() || params.get("qk_nope_head_dim").is_some();
+    if mla {
+        // Mistral Large 3: DeepSeek-V3's design with a softmax router (transformers' mistral4).
+        c["model_type"] = "mistral4".into();
+        for key in [
+            "q_lora_rank",
+            "kv_lora_rank",
+            "qk_nope_head_dim",
+            "qk_rope_head_dim",
+            "v_head_dim",
+        ] {
+            c[key] = params.get(key).cloned().unwrap_or(Value::Null);
+        }
+        c["rope_interleave"] = true.into();
+        c["norm_topk_prob"] = true.into();
+        c["scoring_func"] = "softmax".into();
+        c.as_object_mut().expect("object").remove("head_dim");
+        if let Some(moe) = params.get("moe") {
+            for (from, to) in [
+                ("num_experts", "n_routed_experts"),
+                ("num_experts_per_tok", "num_experts_per_tok"),
+                ("expert_hidden_dim", "moe_intermediate_size"),
+                ("num_shared_experts", "n_shared_experts"),
+                ("first_k_dense_replace", "first_k_dense_replace"),
+                ("routed_scale", "routed_scaling_factor"),
+                ("num_expert_groups", "n_group"),
+                ("num_expert_groups_per_tok", "topk_group"),
+            ] {
+                if let Some(v) = moe.get(from) {
+                    c[to] = v.clone();
+                }
+            }
+            if moe
+                .get("route_every_n")
+                .and_then(Value::as_u64)
+                .is_some_and(|n| n != 1)
+            {
+                return Err(FormatError::BadKey {
+                    path: path.to_path_buf(),
+                    key: "moe.route_every_n".into(),
+                    detail: "only 1 (experts in every layer after the dense ones) is supported"
+                        .into(),
+                });
+            }
+        }
+    } else if let Some(moe) = params.get("moe") {
         c["model_type"] = "mixtral".into();
         c["num_local_experts"] = moe.get("num_experts").cloned().unwrap_or(Value::Null);
         c["num_experts_per_tok"] = moe.get("num_experts_per_tok").cloned().unwrap_or(2.into());
@@ -300,7 +375,9 @@ pub fn config_from_params(params: &Value, path: &Path) -> Result<Value, FormatEr
     let yarn = params.get("yarn");
     let llama4 = params.get("llama_4_scaling");
     if yarn.is_some() || llama4.is_some() {
-        c["model_type"] = "ministral3".into();
+        if !mla {
+            c["model_type"] = "ministral3".into();
+        }
         let mut rope = json!({"rope_type": "default", "rope_theta": c["rope_theta"]});
         if let Some(y) = yarn {
             // As transformers' converter: beta → beta_fast, alpha → beta_slow, mscale 1 / 1.
@@ -314,6 +391,10 @@ pub fn config_from_params(params: &Value, path: &Path) -> Result<Value, FormatEr
             rope["beta_slow"] = y.get("alpha").cloned().unwrap_or(1.0.into());
             rope["mscale"] = 1.0.into();
             rope["mscale_all_dim"] = 1.0.into();
+            // `apply_scale: false`: no magnitude correction of the cos/sin tables.
+            if y.get("apply_scale").and_then(Value::as_bool) == Some(false) {
+                rope["attention_factor"] = 1.0.into();
+            }
         }
         if let Some(l) = llama4 {
             rope["llama_4_scaling_beta"] = l.get("beta").cloned().unwrap_or(Value::Null);
@@ -344,6 +425,50 @@ mod tests {
         assert_eq!(t.data, [0.0, 1.0, 2.0, 3.0]);
         let mut bad = HostTensor::new(vec![6, 1], vec![0.0; 6]);
         assert!(unpermute(&mut bad, 1, 4).unwrap_err().contains("6 rows"));
+    }
+
+    #[test]
+    fn large_3_names_and_fp8_scales_map_to_hugging_face_names() {
+        let name = |s: &str| native_name(s, 4, 4, 8, true).map(|(n, _)| n);
+        assert_eq!(
+            name("layers.3.attention.wkv_a_with_mqa.weight").as_deref(),
+            Some("model.layers.3.self_attn.kv_a_proj_with_mqa.weight")
+        );
+        assert_eq!(
+            name("layers.3.experts.7.w2.qscale_weight").as_deref(),
+            Some("model.layers.3.mlp.experts.7.down_proj.weight_scale")
+        );
+        assert_eq!(
+            name("layers.0.shared_experts.w3.weight").as_deref(),
+            Some("model.layers.0.mlp.shared_experts.up_proj.weight")
+        );
+        assert_eq!(name("layers.3.experts.7.w2.qscale_act"), None);
+        // MLA's q rows are not permuted; a GQA model's are.
+        assert!(matches!(
+            native_name("layers.0.attention.wq.weight", 4, 4, 8, true),
+            Some((_, Fix::Keep))
+        ));
+        assert!(matches!(
+            native_name("layers.0.attention.wq.weight", 4, 4, 8, false),
+            Some((_, Fix::Rope { .. }))
+        ));
+        let p = json!({"dim": 64, "n_layers": 2, "hidden_dim": 64, "n_heads": 4, "norm_eps": 1e-6,
+            "vocab_size": 256, "q_lora_rank": 32, "kv_lora_rank": 16, "qk_nope_head_dim": 16,
+            "qk_rope_head_dim": 8, "v_head_dim": 12,
+            "moe": {"num_experts": 4, "num_experts_per_tok": 2, "expert_hidden_dim": 16,
+                    "num_shared_experts": 1, "first_k_dense_replace": 1, "route_every_n": 2},
+            "yarn": {"factor": 36.0, "original_max_position_embeddings": 4, "beta": 32.0, "alpha": 1.0,
+                     "apply_scale": false}});
+        let e = config_from_params(&p, Path::new("params.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("moe.route_every_n"), "{e}");
+        let mut p = p;
+        p["moe"]["route_every_n"] = 1.into();
+        let c = config_from_params(&p, Path::new("params.json")).unwrap();
+        assert_eq!(c["model_type"], "mistral4");
+        assert_eq!(c["moe_intermediate_size"], 16);
+        assert_eq!(c["rope_parameters"]["attention_factor"], 1.0);
     }
 
     #[test]

@@ -157,6 +157,7 @@ fn open_native(dir: &Path, origin: &str) -> Result<ModelFiles, LoadError> {
         resolved.heads,
         resolved.kv_heads,
         resolved.head_dim,
+        resolved.mla.is_some(),
     ));
     Ok(ModelFiles {
         quantized_decode: false,

@@ -340,6 +340,15 @@ fn tiny_mixtral_in_mistral_native_layout_matches_transformers() {
     tiny_exact_in("mixtral_native", &dir, &reference);
 }
 
+/// Mistral Large 3's own layout (params.json with MLA widths, `moe`, `yarn`, `llama_4_scaling`;
+/// `layers.L.attention.wq_a`, `experts.N.w1`, …) on the tiny mistral4: transformers' logits.
+#[test]
+fn tiny_mistral4_in_mistral_native_layout_matches_transformers() {
+    let (_tmp, dir) = tiny_as_is("mistral4_native");
+    let reference = read(&crate::common::fixture("tiny/mistral4/reference.json"));
+    tiny_exact_in("mistral4_native", &dir, &reference);
+}
+
 /// A multimodal Ministral 3 checkpoint (`mistral3`: the text model under `language_model.`,
 /// beside a vision tower) runs its text part, with the text model's logits.
 #[test]
