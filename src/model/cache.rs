@@ -37,6 +37,13 @@ impl LayerCache {
         (k.narrow(2, 0, len), v.narrow(2, 0, len))
     }
 
+    /// What one position holds: `[batch, heads, width]` of the keys and of the values (for MLA:
+    /// the latent and the rotary key, one "head" each). `None` before the first step.
+    pub fn per_position(&self) -> Option<([usize; 3], [usize; 3])> {
+        let (k, v) = (self.k.as_ref()?.dims(), self.v.as_ref()?.dims());
+        Some(([k[0], k[1], k[3]], [v[0], v[1], v[3]]))
+    }
+
     /// `new` written at positions `at..` of `buf`, growing it when it is full.
     fn write(buf: Tensor<4>, new: Tensor<4>, at: usize) -> Tensor<4> {
         let [b, h, cap, d] = buf.dims();

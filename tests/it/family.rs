@@ -193,3 +193,34 @@ fn a_tuned_moe_is_an_eval_target_beside_a_dense_model_and_serves() {
         "{json}"
     );
 }
+
+/// The Mistral Large 3 economics example's targets load, every one priced, keys by name only.
+#[test]
+fn the_mistral_large_3_example_targets_load_with_their_prices() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("evals/examples/mistral-large-3/targets.toml");
+    let specs = switchyard::providers::target::TargetsFile::load(&path).unwrap();
+    let names: Vec<&str> = specs.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "vllm-mistral-large-3",
+            "mistral-large-3",
+            "openrouter-mistral-large-3"
+        ]
+    );
+    assert_eq!(specs[0].price_per_hour, Some(50.44));
+    for t in &specs[1..] {
+        assert_eq!(
+            (t.price_in, t.price_out),
+            (Some(0.5), Some(1.5)),
+            "{}",
+            t.name
+        );
+    }
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !text.contains("sk-") && !text.contains("api_key ="),
+        "no secrets in the example"
+    );
+}

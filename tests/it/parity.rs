@@ -254,6 +254,16 @@ fn tiny_exact_in(name: &str, dir: &std::path::Path, reference: &Value) -> f32 {
         logits = engine.step(vec![next], 1, &mut cache);
     }
     assert_eq!(got, want, "{name}: greedy with the KV cache");
+    // MLA caches the compressed latent and the shared rotary key, not per-head keys and values.
+    if let Some(m) = cfg.mla {
+        let per = cache.layers[0].per_position().unwrap();
+        assert_eq!(per, ([1, 1, m.kv_lora_rank], [1, 1, m.qk_rope]), "{name}");
+        let expanded = 2 * cfg.heads * (m.qk_nope + m.v);
+        eprintln!(
+            "{name}: cache {} values per token and layer, expanded K/V would be {expanded}",
+            m.kv_lora_rank + m.qk_rope
+        );
+    }
     // Generation proper, batched beside the whole input (so the prompt is left-padded), up to
     // the first EOS.
     let eos = engine.tokenizer.eos_ids.clone();
