@@ -53,6 +53,8 @@ pub trait Fused: Backend {
         mask: FloatTensor<Self>,
         scale: f64,
     ) -> FloatTensor<Self>;
+    /// A projection: `x·W` for `x` `[m, k]`, `W` `[k, n]` (any strides, read in place).
+    fn fused_linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
     /// A projection with its LoRA adapter in one op: `x·W + scale·(x·A)·B` for `x` `[m, k]`,
     /// `W` `[k, n]` (any strides), `A` `[k, r]`, `B` `[r, n]`.
     fn fused_lora_linear(
@@ -730,6 +732,15 @@ fn attention_backward(
     g
 }
 
+/// `x·W` on every thread; in training its backward pass is `g·Wᵀ` (and `xᵀ·g` only for a
+/// tracked weight), both read in place.
+pub fn linear(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as Fused>::fused_linear(
+        x.into_dispatch(),
+        w.into_dispatch(),
+    ))
+}
+
 pub fn lora_linear(
     x: Tensor<2>,
     w: Tensor<2>,
@@ -761,6 +772,26 @@ fn mat(t: &FlexTensor) -> Mat {
 }
 
 /// `(y, x·A)`: the projection and its adapter's rank-r intermediate.
+fn linear_forward(x: &FlexTensor, w: &FlexTensor) -> Vec<f32> {
+    let (m, k, n) = (dims(x)[0], dims(x)[1], dims(w)[1]);
+    let mut y = vec![0f32; m * n];
+    // SAFETY: both operands are valid f32 matrices of the stated shapes; `y` is fresh.
+    unsafe {
+        gemm(
+            ALL,
+            m,
+            n,
+            k,
+            Mat(y.as_mut_ptr(), n as isize, 1),
+            false,
+            mat(x),
+            mat(w),
+            1.0,
+        )
+    };
+    y
+}
+
 fn lora_forward(
     x: &FlexTensor,
     w: &FlexTensor,
@@ -865,6 +896,11 @@ impl Fused for Flex {
         let AttnShape { b, h, s, d, .. } = attn_shape(&q, &k);
         let (out, _) = attention_forward(&q, &k, &v, f32s(&mask), scale as f32);
         tensor(out, vec![b, s, h, d])
+    }
+
+    fn fused_linear(x: FlexTensor, w: FlexTensor) -> FlexTensor {
+        let (m, n) = (dims(&x)[0], dims(&w)[1]);
+        tensor(linear_forward(&x, &w), vec![m, n])
     }
 
     fn fused_lora_linear(
@@ -1145,6 +1181,62 @@ impl<C: CheckpointStrategy> Fused for Ad<C> {
                 mask,
                 scale,
             )),
+        }
+    }
+
+    fn fused_linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LinearBackward;
+        impl Backward<Flex, 2> for LinearBackward {
+            /// The weight, and the input only when the weight's gradient is wanted.
+            type State = (FlexTensor, Option<FlexTensor>);
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let [nx, nw] = ops.parents;
+                let g = contiguous(grads.consume::<Flex>(&ops.node));
+                let (w, x) = ops.state;
+                let (k, n) = (dims(&w)[0], dims(&w)[1]);
+                let m = dims(&g)[0];
+                let gm = Mat(f32s(&g).as_ptr(), n as isize, 1);
+                // SAFETY: every operand is a valid f32 matrix of the stated shape; each output
+                // is a fresh buffer.
+                unsafe {
+                    if let Some(node) = nx {
+                        let mut dx = vec![0f32; m * k];
+                        let dxm = Mat(dx.as_mut_ptr(), k as isize, 1);
+                        gemm(ALL, m, k, n, dxm, false, gm, mat(&w).t(), 1.0);
+                        grads.register::<Flex>(node.id, tensor(dx, vec![m, k]));
+                    }
+                    if let (Some(node), Some(x)) = (nw, x) {
+                        let mut dw = vec![0f32; k * n];
+                        let dwm = Mat(dw.as_mut_ptr(), n as isize, 1);
+                        gemm(ALL, k, n, m, dwm, false, mat(&x).t(), gm, 1.0);
+                        grads.register::<Flex>(node.id, tensor(dw, vec![k, n]));
+                    }
+                }
+            }
+        }
+        let weight_tracked = w.is_tracked();
+        match LinearBackward
+            .prepare::<C>([x.node(), w.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let x = contiguous(x.into_primitive());
+                let w = w.into_primitive();
+                let (m, n) = (dims(&x)[0], dims(&w)[1]);
+                let y = linear_forward(&x, &w);
+                let saved_x = weight_tracked.then_some(x);
+                prep.finish((w, saved_x), tensor(y, vec![m, n]))
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(Flex::fused_linear(x.into_primitive(), w.into_primitive()))
+            }
         }
     }
 
@@ -1516,6 +1608,18 @@ mod tests {
                 x.clone().matmul(t[1].clone().transpose())
                     + x.matmul(t[2].clone()).matmul(t[3].clone()) * 0.7
             },
+        );
+    }
+
+    #[test]
+    fn linear_matches_burns_ops_values_and_gradients() {
+        // W as a transposed view of an `[n, k]` matrix, as the model holds it; both gradients.
+        let (m, k, n) = (37, 40, 29);
+        check(
+            "linear",
+            [rand([m, k]), rand([n, k])],
+            |t| linear(t[0].clone(), t[1].clone().transpose()),
+            |t| t[0].clone().matmul(t[1].clone().transpose()),
         );
     }
 }

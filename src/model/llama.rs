@@ -216,6 +216,16 @@ pub(super) fn dense(l: &Linear, x: Tensor<3>) -> Tensor<3> {
     // and gemm splits the rows over every thread (the batched form packs it per batch row).
     let [b, s, k] = x.dims();
     let n = l.weight.dims()[1];
+    // Training on the CPU: the fused product reads the weight in place, forward and backward,
+    // and keeps the input for the backward pass only when the weight itself is trained.
+    #[cfg(feature = "cpu")]
+    if x.is_autodiff() && super::fused::applies(&x) {
+        let y = super::fused::linear(x.reshape([b * s, k]), l.weight.val()).reshape([b, s, n]);
+        return match &l.bias {
+            Some(bias) => y + bias.val().unsqueeze(),
+            None => y,
+        };
+    }
     let y = x
         .reshape([b * s, k])
         .matmul(l.weight.val())
