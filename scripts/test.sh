@@ -2,7 +2,9 @@
 # The test suite, as CI runs it (the README's test command). On a fresh Debian it first installs
 # what the tests use and the system may lack: Python 3 with venv and pip (the default model and
 # the pinned Python peers are fetched through them) and Chromium (the report is checked as a
-# person sees it). Then `cargo test --locked`; extra arguments go to cargo test.
+# person sees it), and Mesa's lavapipe Vulkan driver (burn's GPU kernels run on the CPU through it).
+# Then `cargo test --locked`, and the GPU path's test built with `--features wgpu`; extra arguments
+# go to cargo test (and skip the wgpu run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +16,9 @@ else
   python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 fi
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# lavapipe: the Vulkan loader and Mesa's CPU driver, for the wgpu test.
+[ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || need+=(mesa-vulkan-drivers)
+ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1' || need+=(libvulkan1)
 if [ ${#need[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null 2>&1; then
     echo "the tests need: ${need[*]}; install them with your package manager" >&2
@@ -27,4 +32,10 @@ if [ ${#need[@]} -gt 0 ]; then
     || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q "${need[@]}" >/dev/null; }
 fi
 
-exec cargo test --locked "$@"
+if [ $# -gt 0 ]; then
+  exec cargo test --locked "$@"
+fi
+cargo test --locked
+# The GPU code path (cubecl kernels through wgpu) on lavapipe: LoRA training and generation match
+# the CPU's (tests/it/wgpu.rs).
+exec cargo test --locked --features wgpu --test it wgpu::

@@ -111,6 +111,7 @@ pub struct GenerateArgs {
 }
 
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
+    let device = a.model.device.name();
     let engine = a.model.load()?;
     let prompt = a.prompt.join(" ");
     let text = if a.raw {
@@ -152,6 +153,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
             "timings": {"prefill_tok_s": timings.prefill_tok_s(), "decode_tok_s": timings.decode_tok_s()},
             // Products decoded from quantised GGUF blocks (`--quantized`); 0 on f32 weights.
             "quantized_products": engine.model.quantized_products(),
+            "device": device,
         });
         if let Some(lp) = g.logprobs {
             doc["logprobs"] = json!({"content": lp});

@@ -304,7 +304,8 @@ pub fn train(
         adapter_dir: adapter_out,
         checkpoint: last_ck,
     };
-    let summary = json!({"plan": p.plan, "outcome": outcome, "elapsed_s": state.elapsed_s});
+    let summary = json!({"plan": p.plan, "outcome": outcome, "elapsed_s": state.elapsed_s,
+                         "device": r.device.name()});
     write_json(&out.join("summary.json"), &summary)?;
     observer.finished(&outcome);
     Ok(outcome)

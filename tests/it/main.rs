@@ -24,3 +24,5 @@ mod report;
 mod route;
 mod serve;
 mod train;
+#[cfg(feature = "wgpu")]
+mod wgpu;
