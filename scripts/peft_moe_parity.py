@@ -13,6 +13,10 @@ Run:
     python scripts/peft_moe_parity.py BASE_DIR ADAPTER_DIR OUT_DIR
     # e.g. tests/fixtures/tiny/mixtral  /tmp/run/out/adapter  tests/fixtures/lora/mixtral
     #      tests/fixtures/tiny/mistral4 /tmp/run/out/adapter  tests/fixtures/lora/mistral4
+    #      tests/fixtures/tiny/deepseek_v3 /tmp/run/out/adapter tests/fixtures/lora/deepseek_v3
+    # (for deepseek_v3, an adapter on attention and the experts named one by one: PEFT 0.21 turns
+    # gate_proj/up_proj/down_proj targets into the fused experts, so it cannot load adapters on
+    # the dense and shared MLPs, which have the same names)
 
 Writes OUT_DIR/adapter (a copy of ADAPTER_DIR), OUT_DIR/peft_made, OUT_DIR/reference.json
 {"input_ids", "base_logits", "adapter_logits", "adapter_merged_max_abs_diff",
@@ -74,8 +78,11 @@ def main():
 
     torch.manual_seed(7)
     with open(os.path.join(base_dir, "config.json")) as f:
-        mla = "kv_lora_rank" in json.load(f)
-    attention = ["q_b_proj", "kv_b_proj", "o_proj", "shared_experts.up_proj"] if mla else ["q_proj", "o_proj"]
+        model_type = json.load(f)["model_type"]
+    # PEFT turns every gate_proj/up_proj/down_proj target of a deepseek_v3 model into its fused
+    # experts, so the PEFT-made adapter there names attention only beside the experts.
+    attention = {"mistral4": ["q_b_proj", "kv_b_proj", "o_proj", "shared_experts.up_proj"],
+                 "deepseek_v3": ["q_b_proj", "kv_b_proj", "o_proj"]}.get(model_type, ["q_proj", "o_proj"])
     cfg = LoraConfig(r=2, lora_alpha=6, target_modules=attention,
                      target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
                      init_lora_weights=False)

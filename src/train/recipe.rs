@@ -366,7 +366,9 @@ impl LoadedRecipe {
             ));
         }
         for t in self.targets() {
-            if !linear.contains(&t.as_str()) && t != "lm_head" {
+            // A short name (`q_proj`), or one whole module (`model.layers.3.mlp.experts.7.up_proj`).
+            let short = crate::model::config::short_name(&t);
+            if !linear.contains(&short) && short != "lm_head" {
                 return Err(self.invalid(
                     "lora_target_modules",
                     format!("`{t}` is not a projection of this model family (choose from {}, lm_head, or \"all-linear\")", linear.join(", ")),
@@ -412,6 +414,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("lora_r") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn whole_module_names_are_targets_when_their_last_part_is_a_projection() {
+        let ok = parse(&format!(
+            "lora_target_modules = [\"q_proj\", \"model.layers.3.mlp.experts.7.up_proj\"]\n{OK}"
+        ));
+        assert!(ok.is_ok(), "{:?}", ok.err().map(|e| e.to_string()));
+        let e = parse(&format!(
+            "lora_target_modules = [\"model.layers.3.mlp.gate\"]\n{OK}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("model.layers.3.mlp.gate") && e.contains("lora_target_modules"),
+            "{e}"
+        );
     }
 
     #[test]

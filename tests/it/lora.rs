@@ -220,3 +220,12 @@ fn expert_adapters_on_mixtral_match_peft_both_ways_and_merge() {
 fn adapters_on_mla_and_experts_match_peft_both_ways_and_merge() {
     expert_adapters_match_peft("mistral4");
 }
+
+/// DeepSeek-V3 (sigmoid router, choice bias), with adapters on MLA and on every expert named one
+/// by one. PEFT 0.21 turns any `gate_proj`/`up_proj`/`down_proj` target of a deepseek_v3 model
+/// into its fused experts, so adapters on its dense and shared MLPs (same names) cannot be loaded
+/// by PEFT there; switchyard trains, generates and merges them all the same.
+#[test]
+fn adapters_on_deepseek_v3_match_peft_both_ways_and_merge() {
+    expert_adapters_match_peft("deepseek_v3");
+}
