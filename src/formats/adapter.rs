@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
+pub use super::adapter_config::{AdapterConfig, LoraPair, TargetModules, lora_scale};
 use super::shards::{SafetensorsFolder, write_safetensors};
 use super::{FormatError, HostTensor, TensorSource};
 use crate::util::{read_json, write_json};
@@ -15,102 +15,6 @@ use crate::util::{read_json, write_json};
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 const PREFIX: &str = "base_model.model.";
-
-/// `target_modules`: a list of module names, or PEFT's `"all-linear"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum TargetModules {
-    List(Vec<String>),
-    One(String),
-}
-
-/// The fields of PEFT's `LoraConfig` that switchyard reads and writes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AdapterConfig {
-    pub peft_type: String,
-    pub task_type: Option<String>,
-    pub r: usize,
-    pub lora_alpha: f64,
-    #[serde(default)]
-    pub lora_dropout: f64,
-    pub target_modules: TargetModules,
-    /// Parameters (not modules) PEFT adapts: the fused experts of transformers 5 MoE models.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_parameters: Option<Vec<String>>,
-    #[serde(default)]
-    pub use_rslora: bool,
-    #[serde(default)]
-    pub use_dora: bool,
-    #[serde(default)]
-    pub fan_in_fan_out: bool,
-    #[serde(default = "none_bias")]
-    pub bias: String,
-    #[serde(default)]
-    pub modules_to_save: Option<Vec<String>>,
-    #[serde(default)]
-    pub rank_pattern: BTreeMap<String, serde_json::Value>,
-    #[serde(default)]
-    pub alpha_pattern: BTreeMap<String, serde_json::Value>,
-    pub base_model_name_or_path: Option<String>,
-    #[serde(default)]
-    pub inference_mode: bool,
-    #[serde(default)]
-    pub init_lora_weights: serde_json::Value,
-    #[serde(default)]
-    pub revision: Option<String>,
-}
-
-fn none_bias() -> String {
-    "none".into()
-}
-
-impl AdapterConfig {
-    /// A config for rank `r`, as PEFT would write it for these module names.
-    pub fn new(r: usize, alpha: f64, dropout: f64, rslora: bool, targets: Vec<String>) -> Self {
-        Self {
-            peft_type: "LORA".into(),
-            task_type: Some("CAUSAL_LM".into()),
-            r,
-            lora_alpha: alpha,
-            lora_dropout: dropout,
-            target_modules: TargetModules::List(targets),
-            target_parameters: None,
-            use_rslora: rslora,
-            use_dora: false,
-            fan_in_fan_out: false,
-            bias: "none".into(),
-            modules_to_save: None,
-            rank_pattern: BTreeMap::new(),
-            alpha_pattern: BTreeMap::new(),
-            base_model_name_or_path: None,
-            inference_mode: true,
-            init_lora_weights: serde_json::Value::Bool(true),
-            revision: None,
-        }
-    }
-
-    /// PEFT's scaling: `alpha / r`, or `alpha / √r` with rsLoRA.
-    pub fn scale(&self) -> f64 {
-        lora_scale(self.lora_alpha, self.r, self.use_rslora)
-    }
-}
-
-pub fn lora_scale(alpha: f64, r: usize, rslora: bool) -> f64 {
-    if rslora {
-        alpha / (r as f64).sqrt()
-    } else {
-        alpha / r as f64
-    }
-}
-
-/// One projection's factors in PEFT's shapes.
-#[derive(Debug, Clone)]
-pub struct LoraPair {
-    /// `[r, in]`
-    pub a: HostTensor,
-    /// `[out, r]`
-    pub b: HostTensor,
-}
 
 /// An adapter: its config and a pair per adapted module (`model.layers.0.self_attn.q_proj`).
 #[derive(Debug, Clone)]

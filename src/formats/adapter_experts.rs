@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use super::HostTensor;
-use super::adapter::{AdapterConfig, LoraPair};
+use super::adapter_config::{AdapterConfig, LoraPair, lora_scale};
 
 const GATE_UP: &str = "mlp.experts.gate_up_proj";
 const DOWN: &str = "mlp.experts.down_proj";
@@ -249,9 +249,8 @@ pub fn split(
         let each = if diagonal { rank / 2 } else { rank };
         // What PEFT computes, `alpha / rank`, over the scale switchyard gives a pair of rank
         // `each`, `lora_alpha / each`: folded into B.
-        let fold = (super::adapter::lora_scale(alpha, rank, config.use_rslora)
-            / super::adapter::lora_scale(config.lora_alpha, each, config.use_rslora))
-            as f32;
+        let fold = (lora_scale(alpha, rank, config.use_rslora)
+            / lora_scale(config.lora_alpha, each, config.use_rslora)) as f32;
         for e in 0..experts {
             for &(n, half) in halves {
                 let first = if diagonal { half * each } else { 0 };
@@ -340,9 +339,9 @@ mod tests {
                 pairs.len() + 3,
                 "the unadapted expert comes back as zeros"
             );
-            let base = super::super::adapter::lora_scale(8.0, r, rslora);
+            let base = super::lora_scale(8.0, r, rslora);
             for (name, p) in &back {
-                let scale = super::super::adapter::lora_scale(8.0, p.a.shape[0], rslora);
+                let scale = super::lora_scale(8.0, p.a.shape[0], rslora);
                 let want = match pairs.get(name) {
                     Some(orig) => delta(orig, base),
                     None => vec![0.0; p.b.shape[0] * p.a.shape[1]],

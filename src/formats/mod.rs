@@ -7,6 +7,7 @@
 //! GGUF weights are also available as their decoded blocks ([`gguf::blocks`]).
 
 pub mod adapter;
+pub mod adapter_config;
 pub mod adapter_experts;
 pub mod gguf;
 pub mod hf;

@@ -205,7 +205,7 @@ fn sigmoid(x: f32) -> f32 {
 
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    super::kernels::dot_portable::<16>(a, b)
+    dot_portable::<16>(a, b)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1374,6 +1374,26 @@ impl<C: CheckpointStrategy> Fused for Ad<C> {
             )),
         }
     }
+}
+
+/// `L` independent accumulators, so that several FMA chains and loads are in flight at once:
+/// the compiler maps them onto 2-4 vector registers of the enabled width.
+#[inline(always)]
+pub(super) fn dot_portable<const L: usize>(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; L];
+    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..L {
+            acc[i] = x[i].mul_add(y[i], acc[i]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

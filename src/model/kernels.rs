@@ -12,7 +12,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use rayon::prelude::*;
 
-use super::fused::Mat;
+use super::fused::{Mat, dot_portable};
 
 /// At most this many rows take the kernel; more rows make a real matmul, which burn does well.
 pub const MAX_ROWS: usize = 8;
@@ -282,26 +282,6 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     dot_portable::<32>(a, b)
-}
-
-/// `L` independent accumulators, so that several FMA chains and loads are in flight at once:
-/// the compiler maps them onto 2-4 vector registers of the enabled width.
-#[inline(always)]
-pub(super) fn dot_portable<const L: usize>(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; L];
-    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..L {
-            acc[i] = x[i].mul_add(y[i], acc[i]);
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(target_arch = "x86_64")]

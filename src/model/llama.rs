@@ -1,7 +1,8 @@
-//! The Llama family in burn: Llama (RMSNorm, RoPE incl. llama3 scaling, SwiGLU, GQA, tied
+//! The network in burn: Llama (RMSNorm, RoPE incl. llama3 scaling, SwiGLU, GQA, tied
 //! embeddings), Mistral (sliding-window attention), Qwen2 (QKV bias), Ministral 3 (YaRN and
-//! Llama-4 query scaling) and Mixtral (a sparse mixture of experts for the MLP). One network,
-//! read top to bottom; the differences are flags of [`ResolvedConfig`].
+//! Llama-4 query scaling), Mixtral (experts, `moe`), DeepSeek-V3 and Mistral Large 3 (latent
+//! attention, `mla`). One network, read top to bottom, from the pieces in `blocks`; the
+//! differences are flags of [`ResolvedConfig`].
 //!
 //! Weights are addressed by their Hugging Face names. Linear weights are stored `[in, out]`
 //! (burn's layout), so Hugging Face `[out, in]` tensors are transposed on load.
@@ -11,8 +12,9 @@ use std::sync::Arc;
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::softmax;
 
+use super::blocks::{Mlp, RmsNorm, Shared, packed_products, project, project_many};
 use super::cache::{KvCache, LayerCache};
 use super::config::{Projection, ResolvedConfig};
 use super::lora::Proj;
@@ -23,31 +25,6 @@ use super::rope::Rope;
 use super::vars::{Vars, WeightError};
 
 #[derive(Module, Debug)]
-pub struct RmsNorm {
-    pub weight: Param<Tensor<1>>,
-    eps: f64,
-}
-
-impl RmsNorm {
-    pub fn new(weight: Tensor<1>, eps: f64) -> Self {
-        Self {
-            weight: Param::from_tensor(weight),
-            eps,
-        }
-    }
-
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        #[cfg(feature = "cpu")]
-        if super::fused::applies(&x) {
-            return super::fused::rms_norm(x, self.weight.val(), self.eps);
-        }
-        let var = x.clone().powi_scalar(2).mean_dim(D - 1);
-        let x = x * (var + self.eps).sqrt().recip();
-        x * self.weight.val().unsqueeze()
-    }
-}
-
-#[derive(Module, Debug)]
 pub struct Attention {
     pub q_proj: Proj,
     pub k_proj: Proj,
@@ -56,13 +33,6 @@ pub struct Attention {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
-}
-
-#[derive(Module, Debug)]
-pub struct Mlp {
-    pub gate_proj: Proj,
-    pub up_proj: Proj,
-    pub down_proj: Proj,
 }
 
 #[derive(Module, Debug)]
@@ -103,159 +73,6 @@ pub struct Batch {
     pub positions: Tensor<2, Int>,
     /// Additive attention bias `[batch, 1, seq, past + seq]`: 0 where allowed, -inf where masked.
     pub mask: Tensor<4>,
-}
-
-/// `x · W (+ b)` plus the LoRA adapter's update, if the projection has one.
-pub(super) fn project(p: &Proj, x: Tensor<3>) -> Tensor<3> {
-    project_many(&[p], x).pop().expect("one projection")
-}
-
-/// Several projections of the same input. Decode-sized inputs on the CPU take a kernel: the
-/// quantised one when every projection kept its GGUF blocks (all of them in one parallel region),
-/// else the f32 small-matmul kernel.
-pub(super) fn project_many(ps: &[&Proj], x: Tensor<3>) -> Vec<Tensor<3>> {
-    let Some(base) = quantized(ps, &x) else {
-        return ps.iter().map(|p| project_one(p, x.clone())).collect();
-    };
-    base.into_iter()
-        .zip(ps)
-        .map(|(y, p)| match &p.lora {
-            Some(lora) => y + lora.forward(x.clone()),
-            None => y,
-        })
-        .collect()
-}
-
-/// One projection of `x` and its adapter. Training and prompts on the CPU take the fused
-/// kernel: the adapter's product accumulates into the projection's output, and its backward
-/// pass is a handful of products, without the element-wise scale and sum in between.
-fn project_one(p: &Proj, x: Tensor<3>) -> Tensor<3> {
-    #[cfg(feature = "cpu")]
-    if let Some(lora) = &p.lora
-        && super::fused::applies(&x)
-        && (lora.dropout == 0.0 || !x.is_autodiff())
-    {
-        let [b, s, k] = x.dims();
-        if x.is_autodiff() || b * s > super::kernels::MAX_ROWS {
-            let n = p.linear.weight.dims()[1];
-            let y = super::fused::lora_linear(
-                x.reshape([b * s, k]),
-                p.linear.weight.val(),
-                lora.a.val(),
-                lora.b.val(),
-                lora.scale,
-            )
-            .reshape([b, s, n]);
-            return match &p.linear.bias {
-                Some(bias) => y + bias.val().unsqueeze(),
-                None => y,
-            };
-        }
-    }
-    let y = dense(&p.linear, x.clone());
-    match &p.lora {
-        Some(lora) => y + lora.forward(x),
-        None => y,
-    }
-}
-
-/// `x · W (+ b)` for each projection from its quantised blocks, when all of them have blocks and
-/// `x` is a few rows on the CPU.
-fn quantized(ps: &[&Proj], x: &Tensor<3>) -> Option<Vec<Tensor<3>>> {
-    let [b, s, k] = x.dims();
-    if b * s > super::quant::MAX_ROWS || !super::cpu_kernels_apply(&x.device()) {
-        return None;
-    }
-    let mats: Vec<&PackedMatrix> = ps
-        .iter()
-        .map(|p| p.packed.as_deref())
-        .collect::<Option<_>>()?;
-    let ys = packed_products(&mats, x.clone().reshape([b * s, k]));
-    Some(
-        ys.into_iter()
-            .zip(ps.iter().zip(&mats))
-            .map(|(y, (p, w))| {
-                let y = y.reshape([b, s, w.rows]);
-                match &p.linear.bias {
-                    Some(bias) => y + bias.val().unsqueeze(),
-                    None => y,
-                }
-            })
-            .collect(),
-    )
-}
-
-/// `x [m, k] · W_jᵀ` for quantised matrices, on the host (`m` ≤ [`super::quant::MAX_ROWS`]).
-fn packed_products(mats: &[&PackedMatrix], x: Tensor<2>) -> Vec<Tensor<2>> {
-    let m = x.dims()[0];
-    let device = x.device();
-    let host = x.to_data().try_into_vec::<f32>().expect("f32 activations");
-    super::quant::matmul_many(mats, &host, m)
-        .into_iter()
-        .zip(mats)
-        .map(|(y, w)| Tensor::from_data(TensorData::new(y, [m, w.rows]), &device))
-        .collect()
-}
-
-/// `x · W (+ b)`: decode-sized inputs on the CPU take the small-matmul kernel.
-pub(super) fn dense(l: &Linear, x: Tensor<3>) -> Tensor<3> {
-    #[cfg(feature = "cpu")]
-    {
-        let [b, s, k] = x.dims();
-        if super::kernels::applies(&x.device()) {
-            let w = l.weight.val();
-            let n = w.dims()[1];
-            let y = super::kernels::small_matmul(x.reshape([b * s, k]), w).reshape([b, s, n]);
-            return match &l.bias {
-                Some(bias) => y + bias.val().unsqueeze(),
-                None => y,
-            };
-        }
-    }
-    // One `[b·s, k] · [k, n]` product rather than `b` broadcast ones: the weight is packed once
-    // and gemm splits the rows over every thread (the batched form packs it per batch row).
-    let [b, s, k] = x.dims();
-    let n = l.weight.dims()[1];
-    // Training on the CPU: the fused product reads the weight in place, forward and backward,
-    // and keeps the input for the backward pass only when the weight itself is trained.
-    #[cfg(feature = "cpu")]
-    if x.is_autodiff() && super::fused::applies(&x) {
-        let y = super::fused::linear(x.reshape([b * s, k]), l.weight.val()).reshape([b, s, n]);
-        return match &l.bias {
-            Some(bias) => y + bias.val().unsqueeze(),
-            None => y,
-        };
-    }
-    let y = x
-        .reshape([b * s, k])
-        .matmul(l.weight.val())
-        .reshape([b, s, n]);
-    match &l.bias {
-        Some(bias) => y + bias.val().unsqueeze(),
-        None => y,
-    }
-}
-
-impl Mlp {
-    pub(super) fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [gate, up]: [Tensor<3>; 2] = project_many(&[&self.gate_proj, &self.up_proj], x)
-            .try_into()
-            .expect("two projections");
-        #[cfg(feature = "cpu")]
-        if super::fused::applies(&gate) {
-            return project(&self.down_proj, super::fused::silu_mul(gate, up));
-        }
-        project(&self.down_proj, silu(gate) * up)
-    }
-}
-
-/// What every layer of one forward pass shares: RoPE tables, the queries' scale (Llama 4's, per
-/// position, `[batch, seq, 1]`) and the attention mask.
-pub(super) struct Shared<'a> {
-    pub cos: &'a Tensor<4>,
-    pub sin: &'a Tensor<4>,
-    pub query_scale: Option<&'a Tensor<3>>,
-    pub mask: &'a Tensor<4>,
 }
 
 impl Attention {
@@ -579,10 +396,7 @@ impl CausalLm {
     /// kernel; only the CPU device without autodiff, the one the kernel serves, keeps them.
     pub fn load(cfg: &ResolvedConfig, vars: &Vars<'_>) -> Result<Self, WeightError> {
         let norm = |v: &Vars<'_>| -> Result<RmsNorm, WeightError> {
-            Ok(RmsNorm {
-                weight: Param::from_tensor(v.vector("weight", cfg.hidden)?),
-                eps: cfg.eps,
-            })
+            Ok(RmsNorm::new(v.vector("weight", cfg.hidden)?, cfg.eps))
         };
         let mut layers = Vec::with_capacity(cfg.layers);
         let mut layer_modules = Vec::with_capacity(cfg.layers);

@@ -14,9 +14,9 @@
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
+use super::blocks::{RmsNorm, Shared, project};
 use super::cache::LayerCache;
 use super::config::Mla;
-use super::llama::{RmsNorm, Shared, project};
 use super::lora::Proj;
 use super::rope::Rope;
 

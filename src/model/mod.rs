@@ -5,6 +5,7 @@
 //! f32; `quant`: quantised blocks; `spin`: their thread pool), taken only when a tensor is on
 //! burn's CPU backend without autodiff; every other device runs burn's ops.
 
+pub mod blocks;
 pub mod cache;
 pub mod config;
 #[cfg(feature = "cpu")]

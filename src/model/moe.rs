@@ -15,7 +15,7 @@ use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
 use burn::tensor::activation::{sigmoid, softmax};
 
-use super::llama::{Mlp, dense};
+use super::blocks::{Mlp, dense};
 
 /// How the router chooses and weighs.
 #[derive(Debug, Clone, Copy)]
