@@ -75,12 +75,6 @@ pub fn open_folder(dir: &Path, origin: &str) -> Result<ModelFiles, LoadError> {
     };
     let config = config_from(text, &config_path)?;
     let resolved = resolve_config(&config, &config_path)?;
-    let tokenizer = ModelTokenizer::from_folder(dir, &eos_ids(&config)).map_err(|source| {
-        LoadError::Tokenizer {
-            path: dir.to_path_buf(),
-            source,
-        }
-    })?;
     let folder = Box::new(SafetensorsFolder::open(dir)?.with_fp8_blocks(fp8));
     let source: Box<dyn TensorSource> = match multimodal {
         true => Box::new(Renamed::text_of_multimodal(folder)),
@@ -92,6 +86,23 @@ pub fn open_folder(dir: &Path, origin: &str) -> Result<ModelFiles, LoadError> {
         }
         _ => source,
     };
+    folder_files(dir, origin, config, resolved, source)
+}
+
+/// A folder's model files: its weights, resolved config, and the tokenizer beside them.
+fn folder_files(
+    dir: &Path,
+    origin: &str,
+    config: ModelConfig,
+    resolved: ResolvedConfig,
+    source: Box<dyn TensorSource>,
+) -> Result<ModelFiles, LoadError> {
+    let tokenizer = ModelTokenizer::from_folder(dir, &eos_ids(&config)).map_err(|source| {
+        LoadError::Tokenizer {
+            path: dir.to_path_buf(),
+            source,
+        }
+    })?;
     Ok(ModelFiles {
         quantized_decode: false,
         origin: origin.into(),
@@ -145,12 +156,6 @@ fn open_native(dir: &Path, origin: &str) -> Result<ModelFiles, LoadError> {
     let doc = crate::formats::native::config_from_params(&params, &params_path)?;
     let config = config_from(doc, &params_path)?;
     let resolved = resolve_config(&config, &params_path)?;
-    let tokenizer = ModelTokenizer::from_folder(dir, &eos_ids(&config)).map_err(|source| {
-        LoadError::Tokenizer {
-            path: dir.to_path_buf(),
-            source,
-        }
-    })?;
     let files = Box::new(SafetensorsFolder::open_consolidated(dir)?);
     let source = Box::new(Renamed::mistral_native(
         files,
@@ -159,15 +164,7 @@ fn open_native(dir: &Path, origin: &str) -> Result<ModelFiles, LoadError> {
         resolved.head_dim,
         resolved.mla.is_some(),
     ));
-    Ok(ModelFiles {
-        quantized_decode: false,
-        origin: origin.into(),
-        path: dir.to_path_buf(),
-        config,
-        resolved,
-        source,
-        tokenizer,
-    })
+    folder_files(dir, origin, config, resolved, source)
 }
 
 /// Open a GGUF file.

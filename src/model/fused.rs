@@ -490,6 +490,29 @@ fn block_rows(s: usize, t: usize) -> usize {
     (VALUES / t.max(1)).clamp(4, s.max(4))
 }
 
+/// `beta · lhs [m, k] · rhs [k, n]` into a fresh row-major `[m, n]` buffer, on every thread.
+///
+/// # Safety
+/// As [`gemm`]: the pointers and strides must describe valid matrices of these sizes.
+unsafe fn product(m: usize, n: usize, k: usize, lhs: Mat, rhs: Mat, beta: f32) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    // SAFETY: the caller's operands; `out` is fresh and `[m, n]`.
+    unsafe {
+        gemm(
+            ALL,
+            m,
+            n,
+            k,
+            Mat(out.as_mut_ptr(), n as isize, 1),
+            false,
+            lhs,
+            rhs,
+            beta,
+        )
+    };
+    out
+}
+
 /// `dst [m, n] (+)= beta · lhs [m, k] · rhs [k, n]`, on one thread ([`ONE`]: the caller's tasks
 /// are the parallel unit) or on every thread when the product is large enough ([`ALL`]).
 ///
@@ -774,22 +797,8 @@ fn mat(t: &FlexTensor) -> Mat {
 /// `(y, x·A)`: the projection and its adapter's rank-r intermediate.
 fn linear_forward(x: &FlexTensor, w: &FlexTensor) -> Vec<f32> {
     let (m, k, n) = (dims(x)[0], dims(x)[1], dims(w)[1]);
-    let mut y = vec![0f32; m * n];
-    // SAFETY: both operands are valid f32 matrices of the stated shapes; `y` is fresh.
-    unsafe {
-        gemm(
-            ALL,
-            m,
-            n,
-            k,
-            Mat(y.as_mut_ptr(), n as isize, 1),
-            false,
-            mat(x),
-            mat(w),
-            1.0,
-        )
-    };
-    y
+    // SAFETY: both operands are valid f32 matrices of the stated shapes.
+    unsafe { product(m, n, k, mat(x), mat(w), 1.0) }
 }
 
 fn lora_forward(
@@ -1206,15 +1215,11 @@ impl<C: CheckpointStrategy> Fused for Ad<C> {
                 // is a fresh buffer.
                 unsafe {
                     if let Some(node) = nx {
-                        let mut dx = vec![0f32; m * k];
-                        let dxm = Mat(dx.as_mut_ptr(), k as isize, 1);
-                        gemm(ALL, m, k, n, dxm, false, gm, mat(&w).t(), 1.0);
+                        let dx = product(m, k, n, gm, mat(&w).t(), 1.0);
                         grads.register::<Flex>(node.id, tensor(dx, vec![m, k]));
                     }
                     if let (Some(node), Some(x)) = (nw, x) {
-                        let mut dw = vec![0f32; k * n];
-                        let dwm = Mat(dw.as_mut_ptr(), n as isize, 1);
-                        gemm(ALL, k, n, m, dwm, false, mat(&x).t(), gm, 1.0);
+                        let dw = product(k, n, m, mat(&x).t(), gm, 1.0);
                         grads.register::<Flex>(node.id, tensor(dw, vec![k, n]));
                     }
                 }
@@ -1272,74 +1277,29 @@ impl<C: CheckpointStrategy> Fused for Ad<C> {
                 let (m, k) = (dims(&st.x)[0], dims(&st.x)[1]);
                 let (n, r) = (dims(&st.w)[1], dims(&st.a)[1]);
                 let gm = Mat(f32s(&g).as_ptr(), n as isize, 1);
-                // gb = scale · g·Bᵀ `[m, r]`: the gradient reaching the adapter's intermediate.
-                let mut gb = vec![0f32; m * r];
                 // SAFETY: every operand is a valid f32 matrix of the stated shape; each output
                 // is a fresh buffer.
                 unsafe {
-                    gemm(
-                        ALL,
-                        m,
-                        r,
-                        n,
-                        Mat(gb.as_mut_ptr(), r as isize, 1),
-                        false,
-                        gm,
-                        mat(&st.b).t(),
-                        st.scale,
-                    );
+                    // gb = scale · g·Bᵀ `[m, r]`: the gradient reaching the adapter's intermediate.
+                    let gb = product(m, r, n, gm, mat(&st.b).t(), st.scale);
                     let gbm = Mat(gb.as_ptr(), r as isize, 1);
                     if let Some(node) = nx {
-                        let mut dx = vec![0f32; m * k];
+                        let mut dx = product(m, k, n, gm, mat(&st.w).t(), 1.0);
                         let dxm = Mat(dx.as_mut_ptr(), k as isize, 1);
-                        gemm(ALL, m, k, n, dxm, false, gm, mat(&st.w).t(), 1.0);
                         gemm(ALL, m, k, r, dxm, true, gbm, mat(&st.a).t(), 1.0);
                         grads.register::<Flex>(node.id, tensor(dx, vec![m, k]));
                     }
                     if let Some(node) = na {
-                        let mut da = vec![0f32; k * r];
-                        gemm(
-                            ALL,
-                            k,
-                            r,
-                            m,
-                            Mat(da.as_mut_ptr(), r as isize, 1),
-                            false,
-                            mat(&st.x).t(),
-                            gbm,
-                            1.0,
-                        );
+                        let da = product(k, r, m, mat(&st.x).t(), gbm, 1.0);
                         grads.register::<Flex>(node.id, tensor(da, vec![k, r]));
                     }
                     if let Some(node) = nb {
-                        let mut db = vec![0f32; r * n];
                         let xam = Mat(st.xa.as_ptr(), r as isize, 1);
-                        gemm(
-                            ALL,
-                            r,
-                            n,
-                            m,
-                            Mat(db.as_mut_ptr(), n as isize, 1),
-                            false,
-                            xam.t(),
-                            gm,
-                            st.scale,
-                        );
+                        let db = product(r, n, m, xam.t(), gm, st.scale);
                         grads.register::<Flex>(node.id, tensor(db, vec![r, n]));
                     }
                     if let Some(node) = nw {
-                        let mut dw = vec![0f32; k * n];
-                        gemm(
-                            ALL,
-                            k,
-                            n,
-                            m,
-                            Mat(dw.as_mut_ptr(), n as isize, 1),
-                            false,
-                            mat(&st.x).t(),
-                            gm,
-                            1.0,
-                        );
+                        let dw = product(k, n, m, mat(&st.x).t(), gm, 1.0);
                         grads.register::<Flex>(node.id, tensor(dw, vec![k, n]));
                     }
                 }

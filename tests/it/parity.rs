@@ -136,14 +136,12 @@ fn gguf_and_its_converted_folder_give_identical_logits() {
     );
 }
 
-/// Tiny random-weight models: all positions' logits against transformers.
-fn tiny(name: &str) {
-    let dir = crate::common::fixture(&format!("tiny/{name}"));
-    let config: ModelConfig = read_config(&dir).unwrap();
-    let cfg = config.resolve().unwrap();
-    let device = crate::common::cpu();
-    let model = load(&cfg, &SafetensorsFolder::open(&dir).unwrap());
-    // The network's projections are the config's table, in order, with its shapes.
+/// The network's projections are the config's table, in order, with its shapes.
+fn assert_built_as_the_table(
+    name: &str,
+    cfg: &switchyard::model::ResolvedConfig,
+    model: &CausalLm,
+) {
     let table: Vec<(String, [usize; 2])> = cfg
         .projections()
         .into_iter()
@@ -155,6 +153,16 @@ fn tiny(name: &str) {
         .map(|(n, p)| (n, p.dims()))
         .collect();
     assert_eq!(built, table, "{name}");
+}
+
+/// Tiny random-weight models: all positions' logits against transformers.
+fn tiny(name: &str) {
+    let dir = crate::common::fixture(&format!("tiny/{name}"));
+    let config: ModelConfig = read_config(&dir).unwrap();
+    let cfg = config.resolve().unwrap();
+    let device = crate::common::cpu();
+    let model = load(&cfg, &SafetensorsFolder::open(&dir).unwrap());
+    assert_built_as_the_table(name, &cfg, &model);
     let reference = read(&dir.join("reference.json"));
     let input = ids(&reference["input_ids"]);
     let got = model.sequence_logits(&input, input.len(), &device);
@@ -199,17 +207,7 @@ fn tiny_exact_in(name: &str, dir: &std::path::Path, reference: &Value) -> f32 {
     let files = open_folder(dir, name).unwrap();
     let cfg = files.resolved.clone();
     let model = files.model_on(&device).unwrap();
-    let table: Vec<(String, [usize; 2])> = cfg
-        .projections()
-        .into_iter()
-        .map(|(n, p)| (n, [p.d_in, p.d_out]))
-        .collect();
-    let built: Vec<(String, [usize; 2])> = model
-        .projections()
-        .into_iter()
-        .map(|(n, p)| (n, p.dims()))
-        .collect();
-    assert_eq!(built, table, "{name}");
+    assert_built_as_the_table(name, &cfg, &model);
     let input = ids(&reference["input_ids"]);
     let got = model.sequence_logits(&input, input.len(), &device);
     let want = reference["logits"].as_array().unwrap();
@@ -366,15 +364,6 @@ fn tiny_mistral3_multimodal_checkpoint_runs_its_text_part() {
     let (_tmp, dir) = tiny_as_is("mistral3");
     let reference = read(&crate::common::fixture("tiny/ministral3/reference.json"));
     tiny_exact_in("mistral3", &dir, &reference);
-}
-
-/// A quick check on any folder with a `reference.json` (set `SWITCHYARD_PARITY_DIR`).
-#[test]
-#[ignore]
-fn parity_on_a_folder() {
-    let dir = std::path::PathBuf::from(std::env::var("SWITCHYARD_PARITY_DIR").unwrap());
-    let reference = read(&dir.join("reference.json"));
-    tiny_exact_in("folder", &dir, &reference);
 }
 
 #[test]
