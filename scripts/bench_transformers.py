@@ -1,11 +1,12 @@
-"""Prefill and decode speed of PyTorch transformers (float32, CPU) on a workload file that
+"""Prefill and decode speed of PyTorch transformers (float32; CPU, or CUDA when the workload says
+so) on a workload file that
 `switchyard bench generate` writes, so that both run exactly the same token ids.
 
 Run (normally through `switchyard bench generate --peers transformers`):
     python scripts/bench_transformers.py MODEL_DIR WORKLOAD_JSON
 
 WORKLOAD_JSON: {"prefill_ids": [...], "decode_prompt_ids": [...], "new_tokens": N,
-                "threads": T, "repeats": R}
+                "threads": T, "repeats": R, "device": "cpu" | "cuda"}
 Prefill: one forward pass over prefill_ids (median of R after a warm-up).
 Decode: the prompt is prefilled, then N greedy steps with the KV cache, EOS ignored; the rate
 counts only the N steps (median of R).
@@ -27,24 +28,33 @@ def main():
         sys.exit(__doc__)
     model_dir, workload = sys.argv[1], json.load(open(sys.argv[2]))
     torch.set_num_threads(workload["threads"])
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    prefill = torch.tensor([workload["prefill_ids"]])
-    prompt = torch.tensor([workload["decode_prompt_ids"]])
+    device = workload.get("device", "cpu")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    prefill = torch.tensor([workload["prefill_ids"]], device=device)
+    prompt = torch.tensor([workload["decode_prompt_ids"]], device=device)
     n = workload["new_tokens"]
 
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
     def run_prefill():
+        sync()
         start = time.perf_counter()
         model(prefill, use_cache=False)
+        sync()
         return time.perf_counter() - start
 
     def run_decode():
         out = model(prompt, use_cache=True)
         past, logits = out.past_key_values, out.logits[:, -1]
+        sync()
         start = time.perf_counter()
         for _ in range(n):
             nxt = logits.argmax(-1, keepdim=True)
             out = model(nxt, past_key_values=past, use_cache=True)
             past, logits = out.past_key_values, out.logits[:, -1]
+        sync()
         return time.perf_counter() - start
 
     with torch.inference_mode():

@@ -13,7 +13,10 @@
 //! - [`train`], [`providers`]: LoRA fine-tuning; anything that answers a chat request.
 //! - [`eval`], [`route`], [`report`], [`serve`], [`pipeline`]: evals, routing policies, reports,
 //!   the OpenAI-compatible server and gateway, and the main job in one process.
+//! - [`cli`]: the `switchyard` command, on top of everything.
 
+/// The `switchyard` command line; `src/main.rs` (and the offline CUDA build in `gpu/`) call its `main`.
+pub mod cli;
 pub mod data;
 pub mod eval;
 pub mod formats;

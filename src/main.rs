@@ -1,7 +1,5 @@
-//! The `switchyard` command: a thin edge over the library.
-
-mod cli;
+//! The `switchyard` command: a thin edge over the library (`switchyard::cli`).
 
 fn main() -> std::process::ExitCode {
-    cli::main()
+    switchyard::cli::main()
 }

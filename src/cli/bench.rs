@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use crate::generate::Engine;
+use crate::model::KvCache;
+use crate::tokenize::Message;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use serde_json::json;
-use switchyard::generate::Engine;
-use switchyard::model::KvCache;
-use switchyard::tokenize::Message;
 
 use super::ModelArgs;
 
@@ -106,7 +106,7 @@ fn ours(
         let mut logits = engine.step(prompt.to_vec(), 1, &mut cache).remove(0);
         let t = Instant::now();
         for _ in 0..new_tokens {
-            let next = switchyard::generate::top_n(&logits, 1)[0] as u32;
+            let next = crate::generate::top_n(&logits, 1)[0] as u32;
             logits = engine.step(vec![next], 1, &mut cache).remove(0);
         }
         t.elapsed().as_secs_f64()
@@ -130,10 +130,33 @@ fn python(explicit: Option<&Path>) -> PathBuf {
     }
 }
 
+/// A peer's Python script: from `$SWITCHYARD_SCRIPTS`, else `scripts/` beside the executable (as
+/// the GPU bundle lays it out), else this source tree's `scripts/`.
+pub(super) fn peer_script(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("SWITCHYARD_SCRIPTS") {
+        return PathBuf::from(dir).join(name);
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("scripts").join(name)))
+        .filter(|p| p.is_file());
+    beside.unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("scripts")
+            .join(name)
+    })
+}
+
+/// The device PyTorch peers run on: CUDA when switchyard runs on CUDA, the CPU otherwise.
+pub(super) fn torch_device(kind: crate::load::DeviceKind) -> &'static str {
+    match kind {
+        crate::load::DeviceKind::Cuda => "cuda",
+        _ => "cpu",
+    }
+}
+
 fn peer(python: &Path, script: &str, model: &Path, workload: &Path) -> Result<Row, String> {
-    let script_path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("scripts")
-        .join(script);
+    let script_path = peer_script(script);
     let out = Command::new(python)
         .arg(&script_path)
         .arg(model)
@@ -169,7 +192,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     );
     let files = b.model.files()?;
     let model_path = files.path.clone();
-    switchyard::load::set_threads(b.model.threads);
+    crate::load::set_threads(b.model.threads);
     let device = b.model.device.device()?;
     let engine = Engine::load(files, &device)?;
     let threads = rayon::current_num_threads();
@@ -181,7 +204,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let prompt = engine.tokenizer.encode(&chat, false)?;
 
     let workload = json!({"prefill_ids": prefill, "decode_prompt_ids": prompt, "new_tokens": b.new_tokens,
-                          "threads": threads, "repeats": b.repeats});
+                          "threads": threads, "repeats": b.repeats,
+                          "device": torch_device(b.model.device)});
     let wl_file = tempfile::NamedTempFile::new()?;
     std::fs::write(wl_file.path(), workload.to_string())?;
 
@@ -205,10 +229,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let gguf = b
         .gguf
         .clone()
-        .unwrap_or_else(|| switchyard::load::models_dir().join(switchyard::load::fetch::GGUF_NAME));
+        .unwrap_or_else(|| crate::load::models_dir().join(crate::load::fetch::GGUF_NAME));
     // The same GGUF llama.cpp runs, decoded from its quantised blocks (the llama.cpp-like way).
-    if b.model.device == switchyard::load::DeviceKind::Cpu && gguf.is_file() {
-        let mut files = switchyard::load::open(Some(&gguf.display().to_string()))?;
+    if b.model.device == crate::load::DeviceKind::Cpu && gguf.is_file() {
+        let mut files = crate::load::open(Some(&gguf.display().to_string()))?;
         files.quantized_decode = true;
         let engine = Engine::load(files, &device)?;
         let (p, d) = ours(&engine, &prefill, &prompt, b.new_tokens, b.repeats);
@@ -280,7 +304,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let doc = json!({"threads": threads, "prompt_tokens": b.prompt_tokens, "new_tokens": b.new_tokens,
                          "repeats": b.repeats, "results": rows, "ratios": ratios,
                          "skipped": skipped});
-        switchyard::util::write_json(out, &doc)?;
+        crate::util::write_json(out, &doc)?;
     }
     Ok(())
 }

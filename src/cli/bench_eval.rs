@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::eval::{RunOptions, Suite, runner};
+use crate::providers::cache::ResponseCache;
+use crate::providers::fault_server::{Behaviour, FaultServer};
+use crate::providers::{Target, TargetSpec};
 use clap::Args;
 use futures_util::StreamExt;
 use serde_json::json;
-use switchyard::eval::{RunOptions, Suite, runner};
-use switchyard::providers::cache::ResponseCache;
-use switchyard::providers::fault_server::{Behaviour, FaultServer};
-use switchyard::providers::{Target, TargetSpec};
 
 #[derive(Args, Debug)]
 pub struct EvalBench {
@@ -149,7 +149,7 @@ pub fn run(b: EvalBench) -> anyhow::Result<()> {
         interrupt: Default::default(),
     };
     let started = Instant::now();
-    let started_unix = switchyard::util::now_s();
+    let started_unix = crate::util::now_s();
     let report = rt.block_on(runner::run(
         std::slice::from_ref(&suite),
         std::slice::from_ref(&target),
@@ -161,7 +161,7 @@ pub fn run(b: EvalBench) -> anyhow::Result<()> {
     done.store(true, Ordering::Relaxed);
     let samples = sampler.join().expect("sampler");
     let rows_path = opts.out.join("results.jsonl");
-    let (rows, _) = switchyard::eval::results::read_rows(&rows_path)?;
+    let (rows, _) = crate::eval::results::read_rows(&rows_path)?;
     let last = rows.iter().map(|r| r.finished_at).fold(0.0, f64::max);
     let lat: Vec<f64> = rows.iter().filter_map(|r| r.latency_s).collect();
     let mean_lat = lat.iter().sum::<f64>() / lat.len().max(1) as f64;
@@ -197,7 +197,7 @@ pub fn run(b: EvalBench) -> anyhow::Result<()> {
         at(0.9)
     );
     if let Some(p) = b.json {
-        switchyard::util::write_json(&p, &figures)?;
+        crate::util::write_json(&p, &figures)?;
     }
     Ok(())
 }

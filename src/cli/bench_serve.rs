@@ -7,12 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::eval::Suite;
+use crate::eval::targets::Catalog;
+use crate::providers::load::{self, Level, LoadCurve, LoadOptions, LoadReport};
+use crate::providers::{Target, TargetSpec};
 use clap::Args;
 use plotters::prelude::*;
-use switchyard::eval::Suite;
-use switchyard::eval::targets::Catalog;
-use switchyard::providers::load::{self, Level, LoadCurve, LoadOptions, LoadReport};
-use switchyard::providers::{Target, TargetSpec};
 
 #[derive(Args, Debug)]
 pub struct ServeBench {
@@ -46,7 +46,7 @@ pub struct ServeBench {
     out: PathBuf,
 }
 
-fn prompts(suite: Option<&Path>) -> anyhow::Result<Vec<Vec<switchyard::tokenize::Message>>> {
+fn prompts(suite: Option<&Path>) -> anyhow::Result<Vec<Vec<crate::tokenize::Message>>> {
     let Some(path) = suite else {
         return Ok(load::default_prompts());
     };
@@ -69,7 +69,7 @@ fn specs(b: &ServeBench) -> anyhow::Result<Vec<TargetSpec>> {
         "--concurrency: levels must be positive"
     );
     let file = b.targets_file.clone().or_else(|| {
-        let d = PathBuf::from(switchyard::route::derive::DEFAULT_TARGETS_FILE);
+        let d = PathBuf::from(crate::route::derive::DEFAULT_TARGETS_FILE);
         d.exists().then_some(d)
     });
     let catalog = Catalog::new(file, TargetSpec::local("local", None, None))?;
@@ -283,16 +283,16 @@ pub fn run(b: ServeBench) -> anyhow::Result<()> {
         curves.push(curve);
     }
     let report = LoadReport {
-        machine: switchyard::util::cpu_name(),
-        date: switchyard::util::today(),
+        machine: crate::util::cpu_name(),
+        date: crate::util::today(),
         curves,
     };
     std::fs::create_dir_all(&b.out)?;
     let json = b.out.join("serve.json");
-    switchyard::util::write_json(&json, &report)?;
+    crate::util::write_json(&json, &report)?;
     let md = markdown(&report, b.slo_p95_ttft);
-    switchyard::util::write_atomic(&b.out.join("serve.md"), md.as_bytes())?;
-    switchyard::util::write_atomic(
+    crate::util::write_atomic(&b.out.join("serve.md"), md.as_bytes())?;
+    crate::util::write_atomic(
         &b.out.join("serve.svg"),
         plot(&report, b.slo_p95_ttft)?.as_bytes(),
     )?;

@@ -47,7 +47,7 @@ pub struct TrainWorker {
 
 /// The adapted projections of a configuration: q and v, or every linear projection of the
 /// model's architecture.
-fn targets(config: &str, cfg: &switchyard::model::ResolvedConfig) -> Vec<String> {
+fn targets(config: &str, cfg: &crate::model::ResolvedConfig) -> Vec<String> {
     match config {
         "qv" => vec!["q_proj".into(), "v_proj".into()],
         _ => {
@@ -75,15 +75,16 @@ fn peak_rss_mib() -> f64 {
 }
 
 pub fn worker(w: TrainWorker) -> anyhow::Result<()> {
-    switchyard::load::set_threads(w.model.threads);
+    crate::load::set_threads(w.model.threads);
     let device = w.model.device.device()?;
     let wl: Value = serde_json::from_str(&std::fs::read_to_string(&w.workload)?)?;
     let rows: Vec<Vec<u32>> = serde_json::from_value(wl["rows"].clone())?;
     let rank = wl["rank"].as_u64().unwrap_or(8) as usize;
     let steps = wl["steps"].as_u64().unwrap_or(5) as usize;
-    let files = switchyard::load::open(w.model.model.as_deref())?;
+    let mut files = crate::load::open(w.model.model.as_deref())?;
+    files.precision = w.model.dtype;
     let targets = targets(&w.config, &files.resolved);
-    let tps = switchyard::train::throughput(&files, &targets, rank, &rows, steps, &device)?;
+    let tps = crate::train::throughput(&files, &targets, rank, &rows, steps, &device)?;
     println!(
         "{}",
         json!({"tokens_per_s": tps, "peak_rss_mib": peak_rss_mib()})
@@ -118,7 +119,13 @@ pub fn run(b: TrainBench) -> anyhow::Result<()> {
     let wl = tempfile::NamedTempFile::new()?;
     std::fs::write(
         wl.path(),
-        json!({"rows": rows, "rank": b.rank, "steps": b.steps, "threads": threads}).to_string(),
+        json!({"rows": rows, "rank": b.rank, "steps": b.steps, "threads": threads,
+        "device": super::bench::torch_device(b.model.device),
+        "dtype": match b.model.dtype {
+            crate::model::Precision::F32 => "float32",
+            crate::model::Precision::Bf16 => "bfloat16",
+        }})
+        .to_string(),
     )?;
     let exe = std::env::current_exe()?;
     let py = b.python.clone().unwrap_or_else(|| {
@@ -129,10 +136,16 @@ pub fn run(b: TrainBench) -> anyhow::Result<()> {
             PathBuf::from("python3")
         }
     });
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_peft_train.py");
+    let script = super::bench::peer_script("bench_peft_train.py");
     eprintln!(
-        "LoRA r={} · micro batch {} × {} tokens, every token trained · fp32 AdamW · {} threads · {} timed steps",
-        b.rank, b.micro_batch, b.seq_len, threads, b.steps
+        "LoRA r={} · micro batch {} × {} tokens, every token trained · {} base, fp32 adapters and AdamW · {} device · {} threads · {} timed steps",
+        b.rank,
+        b.micro_batch,
+        b.seq_len,
+        b.model.dtype.name(),
+        b.model.device,
+        threads,
+        b.steps
     );
     let mut results = Vec::new();
     println!(
@@ -141,7 +154,9 @@ pub fn run(b: TrainBench) -> anyhow::Result<()> {
     );
     for config in &b.configs {
         let mut cmd = Command::new(&exe);
-        cmd.args(["bench", "train-worker", "--threads", &threads.to_string()]);
+        cmd.args(["bench", "train-worker", "--threads", &threads.to_string()])
+            .args(["--device", b.model.device.name()])
+            .args(["--dtype", b.model.dtype.name()]);
         if let Some(m) = &b.model.model {
             cmd.args(["--model", m]);
         }
@@ -188,7 +203,7 @@ pub fn run(b: TrainBench) -> anyhow::Result<()> {
     if let Some(out) = &b.out {
         let doc = json!({"rank": b.rank, "micro_batch": b.micro_batch, "seq_len": b.seq_len, "steps": b.steps,
                          "threads": threads, "results": results});
-        switchyard::util::write_json(out, &doc)?;
+        crate::util::write_json(out, &doc)?;
     }
     Ok(())
 }

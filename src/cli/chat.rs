@@ -2,8 +2,8 @@
 
 use std::io::{BufRead, Write};
 
+use crate::tokenize::Message;
 use clap::Args;
-use switchyard::tokenize::Message;
 
 use super::ModelArgs;
 use super::generate::SamplingArgs;

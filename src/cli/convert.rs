@@ -16,7 +16,7 @@ pub struct ConvertArgs {
 
 pub fn run(a: ConvertArgs) -> anyhow::Result<()> {
     let mut count = Counter::new("dequantising", "tensors");
-    switchyard::load::convert::gguf_to_hf(&a.gguf, &a.out_dir, |i, n| count.update(i, n))?;
+    crate::load::convert::gguf_to_hf(&a.gguf, &a.out_dir, |i, n| count.update(i, n))?;
     count.finish();
     println!("wrote {}", a.out_dir.display());
     Ok(())

@@ -4,9 +4,9 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
+use crate::data::{self, format};
+use crate::train::LoadedRecipe;
 use clap::{Args, Subcommand};
-use switchyard::data::{self, format};
-use switchyard::train::LoadedRecipe;
 
 #[derive(Args, Debug)]
 pub struct DataArgs {
@@ -33,7 +33,7 @@ pub fn run(a: DataArgs) -> anyhow::Result<()> {
     let recipe = LoadedRecipe::load(&recipe)?;
     let r = &recipe.recipe;
     super::ensure_model(r.base_model.as_deref())?;
-    let files = switchyard::load::open(r.base_model.as_deref())?;
+    let files = crate::load::open(r.base_model.as_deref())?;
     let tok = &files.tokenizer;
     let color = std::io::stdout().is_terminal();
     for spec in &r.datasets {

@@ -3,14 +3,14 @@
 
 use std::path::PathBuf;
 
+use crate::eval::targets::{self, Catalog};
+use crate::eval::{RunOptions, Suite, runner};
+use crate::providers::TargetSpec;
+use crate::providers::cache::ResponseCache;
+use crate::route::derive::DEFAULT_TARGETS_FILE;
+use crate::util::Interrupt;
 use anyhow::bail;
 use clap::Args;
-use switchyard::eval::targets::{self, Catalog};
-use switchyard::eval::{RunOptions, Suite, runner};
-use switchyard::providers::TargetSpec;
-use switchyard::providers::cache::ResponseCache;
-use switchyard::route::derive::DEFAULT_TARGETS_FILE;
-use switchyard::util::Interrupt;
 
 use super::ModelArgs;
 use super::progress::{EvalProgress, describe};
@@ -76,6 +76,7 @@ fn local_spec(a: &EvalArgs) -> TargetSpec {
     t.device = Some(a.model.device);
     t.threads = a.model.threads;
     t.quantized = a.model.quantized;
+    t.dtype = a.model.dtype;
     t
 }
 
@@ -158,7 +159,7 @@ fn secs(v: Option<f64>) -> String {
     })
 }
 
-fn print_report(r: &switchyard::eval::RunReport) {
+fn print_report(r: &crate::eval::RunReport) {
     println!(
         "{} rows ({} resumed) · {} requests sent · {} from cache · {} errors · {:.1} s · {}",
         r.jobs,

@@ -2,11 +2,11 @@
 
 use std::io::Write;
 
+use crate::generate::constrain::Grammar;
+use crate::generate::{GenerateOptions, SamplingParams};
+use crate::tokenize::Message;
 use clap::{Args, ValueEnum};
 use serde_json::json;
-use switchyard::generate::constrain::Grammar;
-use switchyard::generate::{GenerateOptions, SamplingParams};
-use switchyard::tokenize::Message;
 
 use super::ModelArgs;
 
@@ -81,7 +81,7 @@ impl SamplingArgs {
         let Some(path) = &self.json_schema else {
             return Ok(None);
         };
-        let schema: serde_json::Value = switchyard::util::read_json(path)?;
+        let schema: serde_json::Value = crate::util::read_json(path)?;
         let g = Grammar::from_schema(&schema)
             .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e))?;
         Ok(Some(g))

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::formats::adapter::{AdapterConfig, CONFIG_FILE};
 use clap::Args;
-use switchyard::formats::adapter::{AdapterConfig, CONFIG_FILE};
 
 use super::progress::Counter;
 
@@ -23,14 +23,14 @@ pub fn run(a: MergeArgs) -> anyhow::Result<()> {
     let base = match &a.model {
         Some(m) => Some(m.clone()),
         None => {
-            let cfg: AdapterConfig = switchyard::util::read_json(&a.adapter.join(CONFIG_FILE))?;
+            let cfg: AdapterConfig = crate::util::read_json(&a.adapter.join(CONFIG_FILE))?;
             cfg.base_model_name_or_path
         }
     };
     super::ensure_model(base.as_deref())?;
-    let files = switchyard::load::open(base.as_deref())?.with_adapter(&a.adapter)?;
+    let files = crate::load::open(base.as_deref())?.with_adapter(&a.adapter)?;
     let mut count = Counter::new("merging", "tensors");
-    switchyard::load::convert::write_folder(&files, &a.out_dir, |i, n| count.update(i, n))?;
+    crate::load::convert::write_folder(&files, &a.out_dir, |i, n| count.update(i, n))?;
     count.finish();
     println!("wrote {} ({})", a.out_dir.display(), files.origin);
     Ok(())

@@ -24,9 +24,9 @@ mod train;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use crate::load::{self, DEFAULT_MODEL, DeviceKind};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
-use switchyard::load::{self, DEFAULT_MODEL, DeviceKind};
 
 #[derive(Parser)]
 #[command(
@@ -97,6 +97,17 @@ pub struct ModelArgs {
     /// then follow llama.cpp's rather than transformers').
     #[arg(long)]
     pub quantized: bool,
+    /// The frozen weights' dtype: f32, or bf16 (half the memory; each product casts its input to
+    /// bf16 and its output back to f32, so adapters, norms and activations stay f32). For GPUs:
+    /// burn's CPU backend multiplies bf16 through f32 copies, slower than f32.
+    #[arg(long, default_value = "f32", value_parser = precision())]
+    pub dtype: crate::model::Precision,
+}
+
+/// `--dtype`: f32 or bf16.
+pub fn precision() -> impl clap::builder::TypedValueParser<Value = crate::model::Precision> {
+    PossibleValuesParser::new(crate::model::Precision::NAMES)
+        .map(|s| s.parse().expect("a listed name"))
 }
 
 /// `--device`: one of the device names, parsed into a [`DeviceKind`].
@@ -114,13 +125,14 @@ impl ModelArgs {
             None => files,
         };
         files.quantized_decode = self.quantized;
+        files.precision = self.dtype;
         Ok(files)
     }
 
-    pub fn load(&self) -> anyhow::Result<switchyard::generate::Engine> {
+    pub fn load(&self) -> anyhow::Result<crate::generate::Engine> {
         load::set_threads(self.threads);
         let device = self.device.device()?;
-        Ok(switchyard::generate::Engine::load(self.files()?, &device)?)
+        Ok(crate::generate::Engine::load(self.files()?, &device)?)
     }
 }
 
@@ -131,7 +143,7 @@ pub fn ensure_model(spec: Option<&str>) -> anyhow::Result<()> {
     let folder = load::models_dir().join(DEFAULT_MODEL);
     if spec != DEFAULT_MODEL
         || std::path::Path::new(spec).exists()
-        || switchyard::formats::hf::is_complete(&folder)
+        || crate::formats::hf::is_complete(&folder)
     {
         return Ok(());
     }
@@ -149,7 +161,7 @@ pub fn ensure_model(spec: Option<&str>) -> anyhow::Result<()> {
 
 /// Ctrl-C: the first asks `interrupt` to stop at its next safe point (after saying `what`), the
 /// second quits at once.
-pub fn on_ctrl_c(interrupt: &switchyard::util::Interrupt, what: &'static str) {
+pub fn on_ctrl_c(interrupt: &crate::util::Interrupt, what: &'static str) {
     let interrupt = interrupt.clone();
     let _ = ctrlc::set_handler(move || {
         if interrupt.trigger() {

@@ -2,11 +2,11 @@
 
 use std::collections::BTreeMap;
 
+use crate::formats::hf::is_complete;
+use crate::load::fetch::{self, FetchFrom};
+use crate::load::{self, DEFAULT_MODEL, models_dir};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Subcommand};
-use switchyard::formats::hf::is_complete;
-use switchyard::load::fetch::{self, FetchFrom};
-use switchyard::load::{self, DEFAULT_MODEL, models_dir};
 
 use super::progress::Counter;
 

@@ -7,10 +7,10 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::eval::{EvalObserver, ResultRow};
+use crate::providers::TargetSpec;
+use crate::train::{Outcome, Plan, StepReport, TrainObserver};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use switchyard::eval::{EvalObserver, ResultRow};
-use switchyard::providers::TargetSpec;
-use switchyard::train::{Outcome, Plan, StepReport, TrainObserver};
 
 /// Whether progress can be drawn as bars (stderr is a terminal).
 pub fn on_terminal() -> bool {

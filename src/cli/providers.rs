@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
+use crate::providers::catalog::{self, Source};
+use crate::providers::presets;
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use switchyard::providers::catalog::{self, Source};
-use switchyard::providers::presets;
 
 #[derive(Args, Debug)]
 pub struct ProvidersArgs {
@@ -80,7 +80,7 @@ fn sync(a: SyncArgs) -> anyhow::Result<()> {
     let mut doc: toml_edit::DocumentMut = text
         .parse()
         .with_context(|| format!("{}: not TOML", a.targets_file.display()))?;
-    let date = switchyard::util::today();
+    let date = crate::util::today();
     let sources: Vec<Source> = match a.sources.as_slice() {
         [] => vec![Source::Hf, Source::OpenRouter],
         s => s
@@ -129,7 +129,7 @@ fn sync(a: SyncArgs) -> anyhow::Result<()> {
     if a.dry_run {
         println!("(dry run: {} not written)", a.targets_file.display());
     } else {
-        switchyard::util::write_atomic(&a.targets_file, doc.to_string().as_bytes())?;
+        crate::util::write_atomic(&a.targets_file, doc.to_string().as_bytes())?;
         println!("{}", a.targets_file.display());
     }
     Ok(())

@@ -12,7 +12,7 @@ pub struct ReportArgs {
 }
 
 pub fn run(a: ReportArgs) -> anyhow::Result<()> {
-    let (html, md) = switchyard::report::write(&a.run)?;
+    let (html, md) = crate::report::write(&a.run)?;
     println!("{} and {}", html.display(), md.display());
     Ok(())
 }

@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 
+use crate::route::derive::{self, DeriveOptions};
+use crate::route::export::{self, LocalEndpoint};
+use crate::route::{Objective, Policy};
+use crate::util::write_atomic;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Subcommand, ValueEnum};
-use switchyard::route::derive::{self, DeriveOptions};
-use switchyard::route::export::{self, LocalEndpoint};
-use switchyard::route::{Objective, Policy};
-use switchyard::util::write_atomic;
 
 #[derive(Args, Debug)]
 pub struct RouteArgs {

@@ -1,14 +1,14 @@
-//! `switchyard run PIPELINE.toml`: the main job (`switchyard::pipeline`), in this process, with
+//! `switchyard run PIPELINE.toml`: the main job (`crate::pipeline`), in this process, with
 //! its stages and progress printed as they go.
 
 use std::path::{Path, PathBuf};
 
+use crate::eval::EvalObserver;
+use crate::pipeline::{self, PipelineError, PipelineObserver, PipelineOptions};
+use crate::providers::TargetSpec;
+use crate::train::TrainObserver;
+use crate::util::Interrupt;
 use clap::Args;
-use switchyard::eval::EvalObserver;
-use switchyard::pipeline::{self, PipelineError, PipelineObserver, PipelineOptions};
-use switchyard::providers::TargetSpec;
-use switchyard::train::TrainObserver;
-use switchyard::util::Interrupt;
 
 use super::progress::{Counter, EvalProgress, TrainProgress, describe};
 

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::providers::{Target, TargetSpec};
+use crate::route::Policy;
+use crate::serve::{self, Backend, ServeOptions};
 use anyhow::Context;
 use clap::Args;
-use switchyard::providers::{Target, TargetSpec};
-use switchyard::route::Policy;
-use switchyard::serve::{self, Backend, ServeOptions};
 
 use super::ModelArgs;
 
@@ -100,6 +100,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             spec.device = Some(a.model.device);
             spec.threads = a.model.threads;
             spec.quantized = a.model.quantized;
+            spec.dtype = a.model.dtype;
             Backend::Local {
                 name,
                 target: Arc::new(Target::build(spec)?),

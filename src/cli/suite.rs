@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
+use crate::eval::import;
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use switchyard::eval::import;
 
 #[derive(Args, Debug)]
 pub struct SuiteArgs {
@@ -85,9 +85,9 @@ pub fn run(a: SuiteArgs) -> anyhow::Result<()> {
     if let Some(dir) = data.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
     }
-    switchyard::util::write_atomic(&data, rows.as_bytes())?;
-    switchyard::util::write_atomic(&a.out, suite.as_bytes())?;
-    let check = switchyard::eval::Suite::load(&a.out)
+    crate::util::write_atomic(&data, rows.as_bytes())?;
+    crate::util::write_atomic(&a.out, suite.as_bytes())?;
+    let check = crate::eval::Suite::load(&a.out)
         .with_context(|| format!("{}: the suite written does not load", a.out.display()))?;
     let mut by_model = std::collections::BTreeMap::<&str, usize>::new();
     for c in &cases {

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
+use crate::train::{self, LoadedRecipe, Prepared, TrainOptions};
+use crate::util::Interrupt;
 use clap::Args;
-use switchyard::train::{self, LoadedRecipe, Prepared, TrainOptions};
-use switchyard::util::Interrupt;
 
 use super::progress::TrainProgress;
 
@@ -69,7 +69,7 @@ pub fn print_plan(prepared: &Prepared) {
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
-    switchyard::load::set_threads(a.threads);
+    crate::load::set_threads(a.threads);
     let mut recipe = LoadedRecipe::load(&a.recipe)?;
     if let Some(d) = &a.output_dir {
         recipe.recipe.output_dir = d.clone();

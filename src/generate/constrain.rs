@@ -1144,6 +1144,11 @@ pub struct TokenTrie {
 }
 
 impl TokenTrie {
+    /// The raw bytes token `id` writes (None: a special token, or an id past the vocabulary).
+    pub fn bytes_of(&self, id: u32) -> Option<&[u8]> {
+        self.bytes.get(id as usize)?.as_deref()
+    }
+
     /// `bytes[id]`: what token `id` writes (None: a special token, never allowed); `eos`: the
     /// ids that end a generation.
     pub fn new(bytes: Vec<Option<Vec<u8>>>, eos: Vec<u32>) -> Self {

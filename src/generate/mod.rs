@@ -164,10 +164,15 @@ impl Engine {
         })
     }
 
-    /// The model's text for a token, and its raw bytes (byte-level BPE decoded alone).
+    /// The model's text for a token, and its raw bytes as OpenAI's `bytes` gives them: a token
+    /// holding part of a UTF-8 character keeps that byte (its text alone is U+FFFD); special
+    /// tokens give their text's bytes.
     fn token_repr(&self, id: u32) -> (String, Vec<u8>) {
         let text = self.tokenizer.decode(&[id], false).unwrap_or_default();
-        let bytes = text.as_bytes().to_vec();
+        let bytes = match self.token_trie().bytes_of(id) {
+            Some(raw) => raw.to_vec(),
+            None => text.as_bytes().to_vec(),
+        };
         (text, bytes)
     }
 

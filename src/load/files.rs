@@ -33,6 +33,8 @@ pub struct ModelFiles {
     /// quantised to 8 bits) rather than from their f32 dequantisation (transformers' numbers).
     /// Off unless asked for (`--quantized`).
     pub quantized_decode: bool,
+    /// What the frozen base weights are stored and multiplied in (`--dtype`, a recipe's `bf16`).
+    pub precision: crate::model::Precision,
 }
 
 fn resolve_config(config: &ModelConfig, file: &Path) -> Result<ResolvedConfig, LoadError> {
@@ -105,6 +107,7 @@ fn folder_files(
     })?;
     Ok(ModelFiles {
         quantized_decode: false,
+        precision: crate::model::Precision::F32,
         origin: origin.into(),
         path: dir.to_path_buf(),
         config,
@@ -183,6 +186,7 @@ pub fn open_gguf(path: &Path, origin: &str) -> Result<ModelFiles, LoadError> {
         .map_err(tok_err)?;
     Ok(ModelFiles {
         quantized_decode: false,
+        precision: crate::model::Precision::F32,
         origin: origin.into(),
         path: path.to_path_buf(),
         config,
@@ -207,7 +211,10 @@ impl ModelFiles {
         let started = std::time::Instant::now();
         let weights = ModelWeights(self.source.as_ref());
         let vars = Vars::new(&weights, device).with_blocks(self.quantized_decode);
-        let model = CausalLm::load(&self.resolved, &vars)?;
+        let mut model = CausalLm::load(&self.resolved, &vars)?;
+        if self.precision != crate::model::Precision::F32 {
+            model.set_precision(self.precision);
+        }
         tracing::debug!("loaded {} in {:.2?}", self.origin, started.elapsed());
         Ok(model)
     }

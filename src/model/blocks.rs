@@ -7,6 +7,7 @@
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::activation::silu;
 
 use super::lora::Proj;
@@ -72,6 +73,7 @@ fn project_one(p: &Proj, x: Tensor<3>) -> Tensor<3> {
     #[cfg(feature = "cpu")]
     if let Some(lora) = &p.lora
         && super::fused::applies(&x)
+        && p.linear.weight.dtype() == DType::F32
         && (lora.dropout == 0.0 || !x.is_autodiff())
     {
         let [b, s, k] = x.dims();
@@ -141,7 +143,7 @@ pub(super) fn dense(l: &Linear, x: Tensor<3>) -> Tensor<3> {
     #[cfg(feature = "cpu")]
     {
         let [b, s, k] = x.dims();
-        if super::kernels::applies(&x.device()) {
+        if super::kernels::applies(&x.device()) && l.weight.dtype() == DType::F32 {
             let w = l.weight.val();
             let n = w.dims()[1];
             let y = super::kernels::small_matmul(x.reshape([b * s, k]), w).reshape([b, s, n]);
@@ -158,17 +160,14 @@ pub(super) fn dense(l: &Linear, x: Tensor<3>) -> Tensor<3> {
     // Training on the CPU: the fused product reads the weight in place, forward and backward,
     // and keeps the input for the backward pass only when the weight itself is trained.
     #[cfg(feature = "cpu")]
-    if x.is_autodiff() && super::fused::applies(&x) {
+    if x.is_autodiff() && super::fused::applies(&x) && l.weight.dtype() == DType::F32 {
         let y = super::fused::linear(x.reshape([b * s, k]), l.weight.val()).reshape([b, s, n]);
         return match &l.bias {
             Some(bias) => y + bias.val().unsqueeze(),
             None => y,
         };
     }
-    let y = x
-        .reshape([b * s, k])
-        .matmul(l.weight.val())
-        .reshape([b, s, n]);
+    let y = super::matmul_weight(x.reshape([b * s, k]), l.weight.val()).reshape([b, s, n]);
     match &l.bias {
         Some(bias) => y + bias.val().unsqueeze(),
         None => y,

@@ -13,6 +13,7 @@ use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
+use burn::tensor::{DType, FloatDType};
 
 use super::blocks::{Mlp, RmsNorm, Shared, packed_products, project, project_many};
 use super::cache::{KvCache, LayerCache};
@@ -229,6 +230,7 @@ impl CausalLm {
             .embed_tokens
             .val()
             .select(0, batch.tokens.reshape([b * s]))
+            .cast(FloatDType::F32)
             .reshape([b, s, hidden]);
         let query_scale = self
             .rope
@@ -264,14 +266,19 @@ impl CausalLm {
                 {
                     return packed_products(&[e], flat).remove(0).reshape([b, s, vocab]);
                 }
+                let embed = self.embed_tokens.val();
                 #[cfg(feature = "cpu")]
-                if b * s <= super::kernels::MAX_ROWS && super::kernels::applies(&flat.device()) {
-                    let w = self.embed_tokens.val().transpose();
+                if b * s <= super::kernels::MAX_ROWS
+                    && super::kernels::applies(&flat.device())
+                    && embed.dtype() == DType::F32
+                {
+                    let w = embed.transpose();
                     return super::kernels::small_matmul(flat, w).reshape([b, s, vocab]);
                 }
-                self.embed_tokens
-                    .val()
-                    .matmul(flat.transpose())
+                let dtype = embed.dtype();
+                embed
+                    .matmul(flat.transpose().cast(dtype))
+                    .cast(FloatDType::F32)
                     .transpose()
                     .reshape([b, s, vocab])
             }
@@ -300,7 +307,7 @@ impl CausalLm {
                 let vocab = head.dims()[1];
                 project(head, picked.reshape([1, n, h])).reshape([n, vocab])
             }
-            None => picked.matmul(self.embed_tokens.val().transpose()),
+            None => super::matmul_weight(picked, self.embed_tokens.val().transpose()),
         };
         #[cfg(feature = "cpu")]
         if super::fused::applies(&logits) {
@@ -374,6 +381,17 @@ impl CausalLm {
             out.push(("lm_head".to_string(), h));
         }
         out
+    }
+
+    /// Stores the frozen base weights (every projection's and the embedding) in `precision`;
+    /// adapters, norms and routers keep theirs. Products then run in it (see
+    /// [`super::Precision`]).
+    pub fn set_precision(&mut self, precision: super::Precision) {
+        let dtype = precision.dtype();
+        self.embed_tokens = self.embed_tokens.clone().map(|t| t.cast(dtype));
+        for (_, p) in self.projections_mut() {
+            p.linear.weight = p.linear.weight.clone().map(|t| t.cast(dtype));
+        }
     }
 
     /// [`Self::projections`], mutable.

@@ -37,6 +37,62 @@ pub fn cpu_kernels_apply(device: &burn::prelude::Device) -> bool {
         false
     }
 }
+/// What the frozen base weights are stored and multiplied in. With `Bf16`, every projection's
+/// weight and the embedding are bf16 (half the memory; tensor-core products on a GPU); each
+/// product casts its input to bf16 and its output back, so LoRA adapters, AdamW's state, norms,
+/// the activations between products and the loss stay f32 (Axolotl's `bf16` with PEFT's f32
+/// adapters). Routers and norms keep f32 weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub const NAMES: [&'static str; 2] = ["f32", "bf16"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    pub fn dtype(self) -> burn::tensor::FloatDType {
+        match self {
+            Precision::F32 => burn::tensor::FloatDType::F32,
+            Precision::Bf16 => burn::tensor::FloatDType::BF16,
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f32" | "float32" => Ok(Precision::F32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            other => Err(format!("unknown dtype `{other}` (choose f32 or bf16)")),
+        }
+    }
+}
+
+/// `x · w` for a weight stored in any float dtype: `x` is cast to the weight's dtype for the
+/// product and the result back to `x`'s (f32 activations around bf16 weights).
+pub fn matmul_weight(
+    x: burn::prelude::Tensor<2>,
+    w: burn::prelude::Tensor<2>,
+) -> burn::prelude::Tensor<2> {
+    let (xd, wd) = (x.dtype(), w.dtype());
+    if xd == wd {
+        return x.matmul(w);
+    }
+    x.cast(wd).matmul(w).cast(xd)
+}
+
 pub use config::{Architecture, ModelConfig, Projection, ResolvedConfig};
 pub use llama::{Batch, CausalLm};
 pub use lora::{LoraAdapter, Proj};

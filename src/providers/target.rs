@@ -85,6 +85,9 @@ pub struct TargetSpec {
     /// `local` with a GGUF model: decode from its quantised blocks, as llama.cpp does.
     #[serde(default)]
     pub quantized: bool,
+    /// `local`: the frozen weights' dtype, `f32` (default) or `bf16` (see `--dtype`).
+    #[serde(default)]
+    pub dtype: crate::model::Precision,
     #[serde(default)]
     pub device: Option<DeviceKind>,
     #[serde(default)]
@@ -353,6 +356,7 @@ impl Target {
 /// The local model on its worker thread: loaded there from the spec's model, adapter and device.
 fn spawn_local(spec: &TargetSpec, batch: usize) -> Result<LocalProvider, ProviderError> {
     let quantized = spec.quantized;
+    let precision = spec.dtype;
     let (model, adapter, device, threads) = (
         spec.model.clone(),
         spec.adapter.clone(),
@@ -378,6 +382,7 @@ fn spawn_local(spec: &TargetSpec, batch: usize) -> Result<LocalProvider, Provide
                 None => files,
             };
             files.quantized_decode = quantized;
+            files.precision = precision;
             let engine = Engine::load(files, &dev).map_err(|e| fail(&e))?;
             let mut identity = serde_json::json!({
                 "kind": "local", "model": origin, "adapter_sha256": adapter_sha,
@@ -385,6 +390,9 @@ fn spawn_local(spec: &TargetSpec, batch: usize) -> Result<LocalProvider, Provide
             // Only when set, so that f32 targets keep their cached answers.
             if quantized {
                 identity["quantized"] = true.into();
+            }
+            if precision != crate::model::Precision::F32 {
+                identity["dtype"] = precision.name().into();
             }
             Ok((engine, identity))
         },

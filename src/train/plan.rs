@@ -25,6 +25,8 @@ pub struct Plan {
     pub trainable_params: usize,
     pub base_params: usize,
     pub scale: f64,
+    /// The frozen base weights' dtype (the recipe's `bf16` on its device).
+    pub precision: crate::model::Precision,
 }
 
 /// Everything a run needs, prepared: model files, data, plan.
@@ -39,7 +41,8 @@ pub struct Prepared {
 /// Load the base model's files and the data, and work out the plan.
 pub fn prepare(recipe: LoadedRecipe) -> Result<Prepared, TrainError> {
     let r = &recipe.recipe;
-    let files = load::open(r.base_model.as_deref())?;
+    let mut files = load::open(r.base_model.as_deref())?;
+    files.precision = r.bf16.precision(r.device);
     // Positions past the model's context have no RoPE table (and were never trained).
     let context = files
         .resolved
@@ -123,6 +126,7 @@ pub fn prepare(recipe: LoadedRecipe) -> Result<Prepared, TrainError> {
         trainable_params: trainable,
         base_params: cfg.num_parameters(),
         scale: crate::formats::adapter::lora_scale(r.lora_alpha, r.lora_r, r.peft_use_rslora),
+        precision: files.precision,
         train: stats,
     };
     Ok(Prepared {

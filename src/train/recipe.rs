@@ -123,6 +123,62 @@ pub struct Recipe {
     pub output_dir: PathBuf,
     #[serde(default)]
     pub device: DeviceKind,
+    /// Frozen base weights in bf16, adapters and AdamW in f32 (Axolotl's key): `true`, `false`
+    /// (default) or `"auto"` (bf16 on CUDA, f32 elsewhere; burn's CPU backend multiplies bf16
+    /// through f32 copies, so it is slower there, not faster).
+    #[serde(default)]
+    pub bf16: Bf16,
+}
+
+/// A recipe's `bf16`: `true`, `false` or `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Bf16 {
+    #[default]
+    Off,
+    On,
+    Auto,
+}
+
+impl Bf16 {
+    /// The base weights' precision on `device`.
+    pub fn precision(self, device: DeviceKind) -> crate::model::Precision {
+        use crate::model::Precision;
+        match (self, device) {
+            (Bf16::On, _) | (Bf16::Auto, DeviceKind::Cuda) => Precision::Bf16,
+            _ => Precision::F32,
+        }
+    }
+}
+
+impl Serialize for Bf16 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Bf16::Off => s.serialize_bool(false),
+            Bf16::On => s.serialize_bool(true),
+            Bf16::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Bf16 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flag(bool),
+            Word(String),
+        }
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("bf16 must be true, false or \"auto\""))?
+        {
+            Raw::Flag(true) => Ok(Bf16::On),
+            Raw::Flag(false) => Ok(Bf16::Off),
+            Raw::Word(w) if w == "auto" => Ok(Bf16::Auto),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "bf16 must be true, false or \"auto\", not \"{w}\""
+            ))),
+        }
+    }
 }
 
 fn d_seq() -> usize {

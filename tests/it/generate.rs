@@ -309,3 +309,54 @@ fn under_a_schema_every_row_of_a_batch_is_json_that_follows_it() {
         }
     }
 }
+
+/// OpenAI's `bytes` are a token's raw bytes: a byte-level token holding part of a UTF-8
+/// character gives that byte, not the replacement character its text alone decodes to. The tiny
+/// random Llama's near-uniform top-20 over a byte-level vocabulary is full of such tokens.
+#[test]
+fn logprobs_bytes_are_raw_token_bytes_even_for_part_of_a_character() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = crate::common::tiny_model("llama3", dir.path());
+    let out = crate::common::cli_ok(crate::common::in_dir(dir.path()).args([
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--raw",
+        "--format",
+        "json",
+        "--logprobs",
+        "20",
+        "--max-tokens",
+        "8",
+        "hello",
+    ]));
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut partial = 0;
+    for entry in doc["logprobs"]["content"].as_array().unwrap() {
+        for t in entry["top_logprobs"].as_array().unwrap() {
+            let bytes: Vec<u8> = t["bytes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8)
+                .collect();
+            assert!(!bytes.is_empty(), "{t}");
+            if t["token"] == "\u{FFFD}" {
+                partial += 1;
+                assert!(
+                    bytes.len() == 1 && bytes[0] >= 0x80,
+                    "a partial character's token gave {bytes:?}, not its raw byte"
+                );
+            } else {
+                assert_eq!(
+                    String::from_utf8(bytes).unwrap(),
+                    t["token"].as_str().unwrap()
+                );
+            }
+        }
+    }
+    assert!(
+        partial > 0,
+        "no partial-character token among the candidates: {out}"
+    );
+}

@@ -20,6 +20,7 @@ mod lora;
 mod models;
 mod parity;
 mod pipeline;
+mod precision;
 mod report;
 mod route;
 mod serve;
