@@ -488,7 +488,9 @@ def main():
             m["speed"] = speed(binary, folder, args.device, env, tok, out, sys.executable, sizes,
                                args.train_dtype)
         report["models"].append(m)
+        # What is done so far survives a run cut short by the machine's time limit.
         write_atomic(out / "gpu_proof.json", json.dumps(report, indent=2))
+        write_atomic(out / "gpu_proof.md", markdown(report))
     report["failures"] = failures
     report["seconds"] = round(time.time() - started, 1)
     write_atomic(out / "gpu_proof.json", json.dumps(report, indent=2))

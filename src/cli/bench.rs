@@ -130,33 +130,8 @@ fn python(explicit: Option<&Path>) -> PathBuf {
     }
 }
 
-/// A peer's Python script: from `$SWITCHYARD_SCRIPTS`, else `scripts/` beside the executable (as
-/// the GPU bundle lays it out), else this source tree's `scripts/`.
-pub(super) fn peer_script(name: &str) -> PathBuf {
-    if let Some(dir) = std::env::var_os("SWITCHYARD_SCRIPTS") {
-        return PathBuf::from(dir).join(name);
-    }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.join("scripts").join(name)))
-        .filter(|p| p.is_file());
-    beside.unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("scripts")
-            .join(name)
-    })
-}
-
-/// The device PyTorch peers run on: CUDA when switchyard runs on CUDA, the CPU otherwise.
-pub(super) fn torch_device(kind: crate::load::DeviceKind) -> &'static str {
-    match kind {
-        crate::load::DeviceKind::Cuda => "cuda",
-        _ => "cpu",
-    }
-}
-
 fn peer(python: &Path, script: &str, model: &Path, workload: &Path) -> Result<Row, String> {
-    let script_path = peer_script(script);
+    let script_path = super::peers::script(script);
     let out = Command::new(python)
         .arg(&script_path)
         .arg(model)
@@ -205,7 +180,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
 
     let workload = json!({"prefill_ids": prefill, "decode_prompt_ids": prompt, "new_tokens": b.new_tokens,
                           "threads": threads, "repeats": b.repeats,
-                          "device": torch_device(b.model.device)});
+                          "device": super::peers::torch_device(b.model.device)});
     let wl_file = tempfile::NamedTempFile::new()?;
     std::fs::write(wl_file.path(), workload.to_string())?;
 

@@ -120,7 +120,7 @@ pub fn run(b: TrainBench) -> anyhow::Result<()> {
     std::fs::write(
         wl.path(),
         json!({"rows": rows, "rank": b.rank, "steps": b.steps, "threads": threads,
-        "device": super::bench::torch_device(b.model.device),
+        "device": super::peers::torch_device(b.model.device),
         "dtype": match b.model.dtype {
             crate::model::Precision::F32 => "float32",
             crate::model::Precision::Bf16 => "bfloat16",
@@ -136,7 +136,7 @@ pub fn run(b: TrainBench) -> anyhow::Result<()> {
             PathBuf::from("python3")
         }
     });
-    let script = super::bench::peer_script("bench_peft_train.py");
+    let script = super::peers::script("bench_peft_train.py");
     eprintln!(
         "LoRA r={} · micro batch {} × {} tokens, every token trained · {} base, fp32 adapters and AdamW · {} device · {} threads · {} timed steps",
         b.rank,

@@ -12,6 +12,7 @@ mod eval;
 mod generate;
 mod merge;
 mod models;
+mod peers;
 mod progress;
 mod providers;
 mod report;
