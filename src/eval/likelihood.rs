@@ -14,22 +14,11 @@
 //! OpenAI-compatible `/v1/completions` that returns them: vLLM, llama.cpp's server, `switchyard
 //! serve`); a continuation's tokens are those that start at or after its offset in the text.
 
-use serde::{Deserialize, Serialize};
-
-use super::suite::{SuiteFile, cell, render};
+pub use super::suite_file::OutputType;
+use super::suite_file::{SuiteFile, cell, render};
 use crate::data::load::Row;
 use crate::generate::ScoredToken;
 use crate::providers::{ChatRequest, Message};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OutputType {
-    #[default]
-    GenerateUntil,
-    MultipleChoice,
-    Loglikelihood,
-    LoglikelihoodRolling,
-}
 
 /// What one case scores.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,7 +1,9 @@
 //! Evaluation: suites of cases asked of targets (the local model, hosted providers) on the same
 //! prompts, scored, and summarised with confidence intervals, latency and cost.
 //!
-//! - [`suite`]: the suite file and its cases.
+//! - [`suite_file`]: the suite file as written (keys, defaults, output type).
+//! - [`suite`]: a suite loaded: its cases as chat requests; [`likelihood`]: its cases scored by
+//!   log-likelihood, as lm-evaluation-harness does.
 //! - [`scorers`]: what a case's answer is worth, and why it failed.
 //! - [`runner`]: the concurrent run: cache, resume, rate limits and retries (through
 //!   [`crate::providers`]), results streamed to disk.
@@ -17,6 +19,7 @@ pub mod runner;
 pub mod scorers;
 pub mod stats;
 pub mod suite;
+pub mod suite_file;
 pub mod targets;
 
 use std::path::PathBuf;
