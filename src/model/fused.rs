@@ -810,32 +810,10 @@ fn lora_forward(
 ) -> (Vec<f32>, Vec<f32>) {
     let (m, k) = (dims(x)[0], dims(x)[1]);
     let (n, r) = (dims(w)[1], dims(a)[1]);
-    let mut y = vec![0f32; m * n];
-    let mut xa = vec![0f32; m * r];
     // SAFETY: every operand is a valid f32 matrix of the stated shape; outputs are fresh.
     unsafe {
-        gemm(
-            ALL,
-            m,
-            n,
-            k,
-            Mat(y.as_mut_ptr(), n as isize, 1),
-            false,
-            mat(x),
-            mat(w),
-            1.0,
-        );
-        gemm(
-            ALL,
-            m,
-            r,
-            k,
-            Mat(xa.as_mut_ptr(), r as isize, 1),
-            false,
-            mat(x),
-            mat(a),
-            1.0,
-        );
+        let mut y = product(m, n, k, mat(x), mat(w), 1.0);
+        let xa = product(m, r, k, mat(x), mat(a), 1.0);
         gemm(
             ALL,
             m,
@@ -847,8 +825,8 @@ fn lora_forward(
             mat(b),
             scale,
         );
+        (y, xa)
     }
-    (y, xa)
 }
 
 fn int_labels(labels: FlexTensor) -> Vec<i64> {

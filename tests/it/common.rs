@@ -317,3 +317,27 @@ pub fn start_litellm(
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
 }
+
+/// `switchyard generate --raw --format json` of a model folder, run in `dir` with `flags` added;
+/// the JSON it prints.
+pub fn generate_json(dir: &Path, model: &Path, flags: &[&str], prompt: &str) -> serde_json::Value {
+    let out = cli_ok(
+        in_dir(dir)
+            .args(["generate", "--model", model.to_str().unwrap()])
+            .args(["--raw", "--format", "json"])
+            .args(flags)
+            .arg(prompt),
+    );
+    serde_json::from_str(&out).unwrap()
+}
+
+/// `DIR/data.jsonl`: a plain-text training row per pair (`Reverse: a, b = b, a`), short enough
+/// for the tiny models' contexts.
+pub fn reversal_rows(dir: &Path, pairs: &[(&str, &str)]) {
+    let mut rows = String::new();
+    for (a, b) in pairs {
+        let row = serde_json::json!({"text": format!("Reverse: {a}, {b} = {b}, {a}")});
+        rows.push_str(&format!("{row}\n"));
+    }
+    std::fs::write(dir.join("data.jsonl"), rows).unwrap();
+}

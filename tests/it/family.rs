@@ -11,19 +11,16 @@ const FAMILY: [&str; 4] = ["ministral3", "mixtral", "deepseek_v3", "mistral4"];
 
 /// A few LoRA steps on every projection of `model`; the adapter folder.
 fn tune(dir: &Path, model: &Path) -> std::path::PathBuf {
-    let mut rows = String::new();
-    // Plain text rows (no chat template): short enough for the tiny models' contexts
-    // (ministral3's is 64 positions).
-    for (a, b) in [
-        ("river", "stone"),
-        ("apple", "lamp"),
-        ("cloud", "quiet"),
-        ("lamp", "river"),
-    ] {
-        let row = serde_json::json!({"text": format!("Reverse: {a}, {b} = {b}, {a}")});
-        rows.push_str(&format!("{row}\n"));
-    }
-    std::fs::write(dir.join("data.jsonl"), rows).unwrap();
+    // Plain text rows (no chat template): ministral3's context is 64 positions.
+    crate::common::reversal_rows(
+        dir,
+        &[
+            ("river", "stone"),
+            ("apple", "lamp"),
+            ("cloud", "quiet"),
+            ("lamp", "river"),
+        ],
+    );
     std::fs::write(
         dir.join("recipe.toml"),
         format!(

@@ -317,20 +317,13 @@ fn under_a_schema_every_row_of_a_batch_is_json_that_follows_it() {
 fn logprobs_bytes_are_raw_token_bytes_even_for_part_of_a_character() {
     let dir = tempfile::tempdir().unwrap();
     let model = crate::common::tiny_model("llama3", dir.path());
-    let out = crate::common::cli_ok(crate::common::in_dir(dir.path()).args([
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--raw",
-        "--format",
-        "json",
-        "--logprobs",
-        "20",
-        "--max-tokens",
-        "8",
+    let doc = crate::common::generate_json(
+        dir.path(),
+        &model,
+        &["--logprobs", "20", "--max-tokens", "8"],
         "hello",
-    ]));
-    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    );
+    let out = doc.to_string();
     let mut partial = 0;
     for entry in doc["logprobs"]["content"].as_array().unwrap() {
         for t in entry["top_logprobs"].as_array().unwrap() {

@@ -69,12 +69,10 @@ fn smollm2_with_bf16_weights_stays_near_transformers_and_answers() {
 /// Three LoRA steps on the tiny Llama with the recipe's `bf16`; the per-step losses.
 fn train(dir: &std::path::Path, bf16: &str) -> Vec<f64> {
     let model = tiny_model("llama3", dir);
-    let mut rows = String::new();
-    for (a, b) in [("river", "stone"), ("apple", "lamp"), ("cloud", "quiet")] {
-        let row = serde_json::json!({"text": format!("Reverse: {a}, {b} = {b}, {a}")});
-        rows.push_str(&format!("{row}\n"));
-    }
-    std::fs::write(dir.join("data.jsonl"), rows).unwrap();
+    crate::common::reversal_rows(
+        dir,
+        &[("river", "stone"), ("apple", "lamp"), ("cloud", "quiet")],
+    );
     std::fs::write(
         dir.join("recipe.toml"),
         format!(
@@ -154,22 +152,12 @@ fn generate_takes_dtype_bf16_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model("llama3", dir.path());
     let run = |dtype: &str| -> Value {
-        let out = cli_ok(in_dir(dir.path()).args([
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--raw",
-            "--format",
-            "json",
-            "--max-tokens",
-            "4",
-            "--logprobs",
-            "3",
-            "--dtype",
-            dtype,
+        crate::common::generate_json(
+            dir.path(),
+            &model,
+            &["--max-tokens", "4", "--logprobs", "3", "--dtype", dtype],
             "hello there",
-        ]));
-        serde_json::from_str(&out).unwrap()
+        )
     };
     let (a, b) = (run("f32"), run("bf16"));
     let lp = |v: &Value| v["logprobs"]["content"][0]["logprob"].as_f64().unwrap();
