@@ -22,7 +22,10 @@ if [ -z "${CARGO_TARGET_DIR:-}" ]; then
   else export CARGO_TARGET_DIR="$PWD/target"; fi
 fi
 echo "building the offline CUDA binary (gpu/, NVRTC kernels, CUDA 13.0 driver API)"
-(cd gpu && CUDARC_CUDA_VERSION=13000 cargo build --offline --locked --release)
+# No --offline: on a fresh machine the CUDA crates (cudarc, cubecl-cuda, burn-cuda) are fetched
+# from crates.io like any other; nothing is fetched from GitHub (the stub replaces the LLVM
+# download). With every crate cached, cargo needs no network at all.
+(cd gpu && CUDARC_CUDA_VERSION=13000 cargo build --locked --release)
 bin="$CARGO_TARGET_DIR/release/switchyard-cuda"
 
 # SmolLM2's tokenizer and config, from the default model's folder (fetched if missing).

@@ -16,6 +16,9 @@ else
   python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 fi
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# The GPU bundle strips and xz-compresses the CUDA binary.
+command -v xz >/dev/null 2>&1 || need+=(xz-utils)
+command -v strip >/dev/null 2>&1 || need+=(binutils)
 # lavapipe: the Vulkan loader and Mesa's CPU driver, for the wgpu test.
 [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || need+=(mesa-vulkan-drivers)
 ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1' || need+=(libvulkan1)
