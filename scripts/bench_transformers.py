@@ -1,12 +1,12 @@
-"""Prefill and decode speed of PyTorch transformers (float32; CPU, or CUDA when the workload says
-so) on a workload file that
+"""Prefill and decode speed of PyTorch transformers (float32, or bfloat16 weights when the workload
+says "dtype": "bf16"; CPU, or CUDA when the workload says so) on a workload file that
 `switchyard bench generate` writes, so that both run exactly the same token ids.
 
 Run (normally through `switchyard bench generate --peers transformers`):
     python scripts/bench_transformers.py MODEL_DIR WORKLOAD_JSON
 
 WORKLOAD_JSON: {"prefill_ids": [...], "decode_prompt_ids": [...], "new_tokens": N,
-                "threads": T, "repeats": R, "device": "cpu" | "cuda"}
+                "threads": T, "repeats": R, "device": "cpu" | "cuda", "dtype": "f32" | "bf16"}
 Prefill: one forward pass over prefill_ids (median of R after a warm-up).
 Decode: the prompt is prefilled, then N greedy steps with the KV cache, EOS ignored; the rate
 counts only the N steps (median of R).
@@ -29,7 +29,8 @@ def main():
     model_dir, workload = sys.argv[1], json.load(open(sys.argv[2]))
     torch.set_num_threads(workload["threads"])
     device = workload.get("device", "cpu")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[workload.get("dtype", "f32")]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
     prefill = torch.tensor([workload["prefill_ids"]], device=device)
     prompt = torch.tensor([workload["decode_prompt_ids"]], device=device)
     n = workload["new_tokens"]
@@ -64,7 +65,7 @@ def main():
         decode_s = statistics.median(run_decode() for _ in range(workload["repeats"]))
     print(json.dumps({
         "peer": "transformers",
-        "versions": f"torch {torch.__version__}, transformers {transformers.__version__}",
+        "versions": f"torch {torch.__version__}, transformers {transformers.__version__}, {dtype}",
         "prefill_tok_s": len(workload["prefill_ids"]) / prefill_s,
         "decode_tok_s": n / decode_s,
     }))

@@ -180,7 +180,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
 
     let workload = json!({"prefill_ids": prefill, "decode_prompt_ids": prompt, "new_tokens": b.new_tokens,
                           "threads": threads, "repeats": b.repeats,
-                          "device": super::peers::torch_device(b.model.device)});
+                          "device": super::peers::torch_device(b.model.device),
+                          "dtype": b.model.dtype.name()});
     let wl_file = tempfile::NamedTempFile::new()?;
     std::fs::write(wl_file.path(), workload.to_string())?;
 
@@ -192,9 +193,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut rows = vec![Row {
         engine: "switchyard".into(),
         versions: format!(
-            "switchyard {} (burn 0.22.1, {:?}, f32 weights of {})",
+            "switchyard {} (burn 0.22.1, {:?}, {} weights of {})",
             env!("CARGO_PKG_VERSION"),
             b.model.device,
+            b.model.dtype.name(),
             model_path.display()
         ),
         prefill_tok_s: p,

@@ -73,7 +73,7 @@ fn project_one(p: &Proj, x: Tensor<3>) -> Tensor<3> {
     #[cfg(feature = "cpu")]
     if let Some(lora) = &p.lora
         && super::fused::applies(&x)
-        && p.linear.weight.dtype() == DType::F32
+        && super::fused::weight_applies(p.linear.weight.dtype())
         && (lora.dropout == 0.0 || !x.is_autodiff())
     {
         let [b, s, k] = x.dims();
@@ -158,9 +158,13 @@ pub(super) fn dense(l: &Linear, x: Tensor<3>) -> Tensor<3> {
     let [b, s, k] = x.dims();
     let n = l.weight.dims()[1];
     // Training on the CPU: the fused product reads the weight in place, forward and backward,
-    // and keeps the input for the backward pass only when the weight itself is trained.
+    // and keeps the input for the backward pass only when the weight itself is trained. bf16
+    // weights take it always (the AVX-512 BF16 kernel; burn's would convert them to f32).
     #[cfg(feature = "cpu")]
-    if x.is_autodiff() && super::fused::applies(&x) && l.weight.dtype() == DType::F32 {
+    if super::fused::applies(&x)
+        && super::fused::weight_applies(l.weight.dtype())
+        && (x.is_autodiff() || l.weight.dtype() == DType::BF16)
+    {
         let y = super::fused::linear(x.reshape([b * s, k]), l.weight.val()).reshape([b, s, n]);
         return match &l.bias {
             Some(bias) => y + bias.val().unsqueeze(),

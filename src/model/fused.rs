@@ -794,11 +794,50 @@ fn mat(t: &FlexTensor) -> Mat {
     )
 }
 
+/// Whether the fused projections take a weight of this dtype: f32, and bf16 on CPUs with
+/// AVX-512 BF16 (see [`super::bf16`]).
+pub fn weight_applies(dtype: DType) -> bool {
+    dtype == DType::F32 || (dtype == DType::BF16 && super::bf16::available())
+}
+
+/// A 2-D bf16 tensor as an operand of [`super::bf16::gemm`] (any strides).
+fn bf16_view(t: &FlexTensor) -> super::bf16::View<half::bf16> {
+    let st = t.layout().strides();
+    let data = &t.storage::<half::bf16>()[t.layout().start_offset()..];
+    super::bf16::View(data.as_ptr(), st[0], st[1])
+}
+
+/// `lhs [m, k] · W` into a fresh `[m, n]` buffer, `W` being the weight `w` `[k, n]`, or its
+/// transpose when `transposed` (`w` is then `[n, k]`): f32 through gemm, bf16 through the
+/// AVX-512 BF16 kernel.
+///
+/// # Safety
+/// `lhs` must be a valid f32 `[m, k]` matrix and `w` of the stated shape.
+unsafe fn weight_product(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: Mat,
+    w: &FlexTensor,
+    transposed: bool,
+) -> Vec<f32> {
+    if w.dtype() == DType::BF16 {
+        let v = bf16_view(w);
+        let v = if transposed { v.t() } else { v };
+        // SAFETY: forwarded from the caller; `weight_applies` let the bf16 weight in only where
+        // the kernel runs.
+        return unsafe { super::bf16::product(m, n, k, super::bf16::View(lhs.0, lhs.1, lhs.2), v) };
+    }
+    let wm = if transposed { mat(w).t() } else { mat(w) };
+    // SAFETY: forwarded from the caller.
+    unsafe { product(m, n, k, lhs, wm, 1.0) }
+}
+
 /// `(y, x·A)`: the projection and its adapter's rank-r intermediate.
 fn linear_forward(x: &FlexTensor, w: &FlexTensor) -> Vec<f32> {
     let (m, k, n) = (dims(x)[0], dims(x)[1], dims(w)[1]);
-    // SAFETY: both operands are valid f32 matrices of the stated shapes.
-    unsafe { product(m, n, k, mat(x), mat(w), 1.0) }
+    // SAFETY: `x` is a valid f32 matrix and `w` a weight of the stated shapes.
+    unsafe { weight_product(m, n, k, mat(x), w, false) }
 }
 
 fn lora_forward(
@@ -812,7 +851,7 @@ fn lora_forward(
     let (n, r) = (dims(w)[1], dims(a)[1]);
     // SAFETY: every operand is a valid f32 matrix of the stated shape; outputs are fresh.
     unsafe {
-        let mut y = product(m, n, k, mat(x), mat(w), 1.0);
+        let mut y = weight_product(m, n, k, mat(x), w, false);
         let xa = product(m, r, k, mat(x), mat(a), 1.0);
         gemm(
             ALL,
@@ -1193,7 +1232,7 @@ impl<C: CheckpointStrategy> Fused for Ad<C> {
                 // is a fresh buffer.
                 unsafe {
                     if let Some(node) = nx {
-                        let dx = product(m, k, n, gm, mat(&w).t(), 1.0);
+                        let dx = weight_product(m, k, n, gm, &w, true);
                         grads.register::<Flex>(node.id, tensor(dx, vec![m, k]));
                     }
                     if let (Some(node), Some(x)) = (nw, x) {
@@ -1262,7 +1301,7 @@ impl<C: CheckpointStrategy> Fused for Ad<C> {
                     let gb = product(m, r, n, gm, mat(&st.b).t(), st.scale);
                     let gbm = Mat(gb.as_ptr(), r as isize, 1);
                     if let Some(node) = nx {
-                        let mut dx = product(m, k, n, gm, mat(&st.w).t(), 1.0);
+                        let mut dx = weight_product(m, k, n, gm, &st.w, true);
                         let dxm = Mat(dx.as_mut_ptr(), k as isize, 1);
                         gemm(ALL, m, k, r, dxm, true, gbm, mat(&st.a).t(), 1.0);
                         grads.register::<Flex>(node.id, tensor(dx, vec![m, k]));
@@ -1349,12 +1388,17 @@ mod tests {
     }
 
     fn close<const D: usize>(what: &str, got: Tensor<D>, want: Tensor<D>) {
+        close_within(what, got, want, 2e-5)
+    }
+
+    /// Within `tol` of the largest reference value (and 1e-6).
+    fn close_within<const D: usize>(what: &str, got: Tensor<D>, want: Tensor<D>, tol: f32) {
         assert_eq!(got.dims(), want.dims(), "{what}: shapes");
         let (g, w) = (host(got), host(want));
         let scale = w.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-3);
         for (i, (a, b)) in g.iter().zip(&w).enumerate() {
             assert!(
-                (a - b).abs() <= 2e-5 * scale + 1e-6,
+                (a - b).abs() <= tol * scale + 1e-6,
                 "{what}[{i}]: {a} against {b} (scale {scale})"
             );
         }
@@ -1579,5 +1623,66 @@ mod tests {
             |t| linear(t[0].clone(), t[1].clone().transpose()),
             |t| t[0].clone().matmul(t[1].clone().transpose()),
         );
+    }
+
+    /// bf16 weights (frozen, as mixed precision holds them) through the AVX-512 BF16 kernel,
+    /// against burn's ops on the same operands rounded to bf16: values and the gradients of the
+    /// input and of both adapter matrices. The kernel also rounds the incoming gradient to bf16
+    /// for `g·Wᵀ`, hence the tolerance of a few bf16 steps; a wrong layout is off by O(1).
+    #[test]
+    fn bf16_weights_match_burns_ops_on_rounded_operands_values_and_gradients() {
+        if !crate::model::bf16::available() {
+            eprintln!("skipped: this CPU has no AVX-512 BF16, so bf16 weights keep burn's ops");
+            return;
+        }
+        let (m, k, n, r) = (37, 70, 45, 4);
+        let w = rand([n, k]).inner().cast(DType::BF16);
+        let w = Tensor::<2>::from_inner(w);
+        assert!(!w.is_require_grad());
+        let inputs = [rand([m, k]), rand([k, r]), rand([r, n])];
+        let run = |lora: bool, kernel: bool| {
+            let xs: Vec<Tensor<2>> = inputs
+                .iter()
+                .map(|x| x.clone().detach().require_grad())
+                .collect();
+            let (x, a, b) = (xs[0].clone(), xs[1].clone(), xs[2].clone());
+            let y = match (lora, kernel) {
+                (true, true) => lora_linear(x, w.clone().transpose(), a, b, 0.7),
+                (false, true) => linear(x, w.clone().transpose()),
+                (_, false) => {
+                    let rounded = x.clone().cast(DType::BF16).cast(DType::F32);
+                    let base = rounded.matmul(w.clone().cast(DType::F32).transpose());
+                    if lora {
+                        base + x.matmul(a).matmul(b) * 0.7
+                    } else {
+                        base
+                    }
+                }
+            };
+            let rv: Vec<f32> = (0..m * n)
+                .map(|i| ((i * 7919) % 13) as f32 / 13.0 - 0.4)
+                .collect();
+            let grads = (y.clone() * Tensor::from_data(TensorData::new(rv, [m, n]), &ad()))
+                .sum()
+                .backward();
+            let wanted = if lora { 3 } else { 1 };
+            let gs: Vec<Tensor<2>> = xs[..wanted]
+                .iter()
+                .map(|x| x.grad(&grads).expect("a gradient"))
+                .collect();
+            (y.inner(), gs)
+        };
+        for lora in [false, true] {
+            let what = if lora {
+                "bf16 lora_linear"
+            } else {
+                "bf16 linear"
+            };
+            let ((y, g), (y_ref, g_ref)) = (run(lora, true), run(lora, false));
+            close_within(&format!("{what} forward"), y, y_ref, 1e-3);
+            for (i, (a, b)) in g.into_iter().zip(g_ref).enumerate() {
+                close_within(&format!("{what} gradient of input {i}"), a, b, 1e-2);
+            }
+        }
     }
 }

@@ -276,6 +276,13 @@ impl CausalLm {
                     return super::kernels::small_matmul(flat, w).reshape([b, s, vocab]);
                 }
                 let dtype = embed.dtype();
+                #[cfg(feature = "cpu")]
+                if dtype == DType::BF16
+                    && super::fused::applies(&flat)
+                    && super::fused::weight_applies(dtype)
+                {
+                    return super::fused::linear(flat, embed.transpose()).reshape([b, s, vocab]);
+                }
                 embed
                     .matmul(flat.transpose().cast(dtype))
                     .cast(FloatDType::F32)
@@ -307,7 +314,21 @@ impl CausalLm {
                 let vocab = head.dims()[1];
                 project(head, picked.reshape([1, n, h])).reshape([n, vocab])
             }
-            None => super::matmul_weight(picked, self.embed_tokens.val().transpose()),
+            None => {
+                let embed = self.embed_tokens.val();
+                #[cfg(feature = "cpu")]
+                if embed.dtype() == DType::BF16
+                    && super::fused::applies(&picked)
+                    && super::fused::weight_applies(DType::BF16)
+                {
+                    return super::fused::nll(
+                        super::fused::linear(picked, embed.transpose()),
+                        labels,
+                    )
+                    .sum();
+                }
+                super::matmul_weight(picked, embed.transpose())
+            }
         };
         #[cfg(feature = "cpu")]
         if super::fused::applies(&logits) {
@@ -390,7 +411,14 @@ impl CausalLm {
         let dtype = precision.dtype();
         self.embed_tokens = self.embed_tokens.clone().map(|t| t.cast(dtype));
         for (_, p) in self.projections_mut() {
-            p.linear.weight = p.linear.weight.clone().map(|t| t.cast(dtype));
+            // Cast as the checkpoint's `[out, in]` rows and viewed transposed again, as the f32
+            // weight is: a cast writes its output contiguous, and the CPU's bf16 kernel reads
+            // columns contiguous in `in` in place for decode (any layout is correct).
+            p.linear.weight = p
+                .linear
+                .weight
+                .clone()
+                .map(|t| t.transpose().cast(dtype).transpose());
         }
     }
 

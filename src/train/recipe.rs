@@ -124,8 +124,8 @@ pub struct Recipe {
     #[serde(default)]
     pub device: DeviceKind,
     /// Frozen base weights in bf16, adapters and AdamW in f32 (Axolotl's key): `true`, `false`
-    /// (default) or `"auto"` (bf16 on CUDA, f32 elsewhere; burn's CPU backend multiplies bf16
-    /// through f32 copies, so it is slower there, not faster).
+    /// (default) or `"auto"` (bf16 where it is faster: CUDA, and CPUs with AVX-512 BF16; f32
+    /// elsewhere, where burn's CPU backend multiplies bf16 through f32 copies).
     #[serde(default)]
     pub bf16: Bf16,
 }
@@ -145,6 +145,7 @@ impl Bf16 {
         use crate::model::Precision;
         match (self, device) {
             (Bf16::On, _) | (Bf16::Auto, DeviceKind::Cuda) => Precision::Bf16,
+            (Bf16::Auto, DeviceKind::Cpu) if crate::model::native_bf16_cpu() => Precision::Bf16,
             _ => Precision::F32,
         }
     }

@@ -45,10 +45,16 @@ fn smollm2_with_bf16_weights_stays_near_transformers_and_answers() {
         }
     }
     eprintln!("bf16 weights: max |Δ logprob| {worst:.3} against transformers f32 (top-10)");
-    // Measured 0.44. PyTorch's own bf16 SmolLM2 strays 0.45 from its f32 on these positions
-    // (0.12 when only the weights are rounded and the products stay f32): products with bf16
-    // inputs move the far end of the top-10 this much.
-    assert!(worst < 0.5, "bf16 strays {worst} from transformers' f32");
+    // PyTorch's own bf16 SmolLM2 strays 0.45 from its f32 on these positions (0.12 when only
+    // the weights are rounded and the products stay f32). burn's bf16 products round their
+    // outputs to bf16 too: measured 0.44. On CPUs with AVX-512 BF16 switchyard's kernel rounds
+    // the inputs only and sums in f32: measured 0.17.
+    let bound = if switchyard::model::native_bf16_cpu() {
+        0.25
+    } else {
+        0.5
+    };
+    assert!(worst < bound, "bf16 strays {worst} from transformers' f32");
     // And the products really ran on the rounded weights.
     assert!(moved > 1e-4, "bf16 gave f32's numbers ({moved})");
 
@@ -122,12 +128,17 @@ fn a_bf16_recipe_trains_f32_adapters_on_bf16_weights() {
     for (name, t) in tensors.tensors() {
         assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
     }
-    // "auto" means bf16 on CUDA only: on the CPU it trains exactly as f32 does.
+    // "auto" means bf16 where it is faster: on a CPU with AVX-512 BF16 it trains exactly as
+    // `true` does, on any other CPU exactly as f32 does.
     let auto_losses = train(auto.path(), "\"auto\"");
-    assert_eq!(auto_losses, f32_losses);
+    let native = switchyard::model::native_bf16_cpu();
+    assert_eq!(auto_losses, if native { bf16_losses } else { f32_losses });
     let summary: Value =
         switchyard::util::read_json(&auto.path().join("out/summary.json")).unwrap();
-    assert_eq!(summary["plan"]["precision"], "f32");
+    assert_eq!(
+        summary["plan"]["precision"],
+        if native { "bf16" } else { "f32" }
+    );
 }
 
 #[test]
