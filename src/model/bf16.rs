@@ -20,6 +20,8 @@ use half::bf16;
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
+use super::strided::Mat;
+
 /// Rows of `A` per micro-kernel tile.
 const MR: usize = 12;
 /// Columns of `B` per panel: two registers of 16 f32 sums.
@@ -43,27 +45,6 @@ pub fn available() -> bool {
     })
 }
 
-/// A strided matrix view: pointer, row stride, column stride (in elements).
-#[derive(Clone, Copy)]
-pub struct View<T>(pub *const T, pub isize, pub isize);
-
-impl<T: Copy> View<T> {
-    /// The element at row `i`, column `j`.
-    ///
-    /// # Safety
-    /// `(i, j)` must lie inside the matrix the view describes.
-    #[inline(always)]
-    unsafe fn at(&self, i: usize, j: usize) -> T {
-        // SAFETY: the caller keeps `(i, j)` inside the matrix.
-        unsafe { *self.0.offset(i as isize * self.1 + j as isize * self.2) }
-    }
-
-    /// The transpose, as a view.
-    pub fn t(self) -> Self {
-        View(self.0, self.2, self.1)
-    }
-}
-
 /// f32 to bf16 bits, rounding to nearest even (NaN stays NaN), as `half` and the CPU's
 /// `vcvtneps2bf16` do. Branch-free, so the packing loops vectorise.
 #[inline(always)]
@@ -78,7 +59,7 @@ fn round(x: f32) -> u32 {
 ///
 /// # Safety
 /// `a` must describe a valid `[m, k]` matrix.
-unsafe fn pack_a(m: usize, k: usize, a: View<f32>, out: &mut [u32]) {
+unsafe fn pack_a(m: usize, k: usize, a: Mat<f32>, out: &mut [u32]) {
     let kp = k.div_ceil(2);
     assert_eq!(out.len(), m * kp, "packed A is [m, k / 2]");
     let a = SendView(a);
@@ -115,7 +96,7 @@ unsafe fn pack_a(m: usize, k: usize, a: View<f32>, out: &mut [u32]) {
 ///
 /// # Safety
 /// `b` must describe a valid `[k, n]` matrix.
-unsafe fn pack_b(k: usize, n: usize, b: View<bf16>, out: &mut [u32]) {
+unsafe fn pack_b(k: usize, n: usize, b: Mat<bf16>, out: &mut [u32]) {
     let kp = k.div_ceil(2);
     let b = SendView(b);
     out.par_chunks_mut(kp * NR)
@@ -318,14 +299,14 @@ fn sized(v: &mut Vec<u32>, len: usize) {
 
 /// A view that rayon's tasks may share: every task only reads through it.
 #[derive(Clone, Copy)]
-struct SendView<T>(View<T>);
+struct SendView<T>(Mat<T>);
 // SAFETY: the views are read-only and the matrices outlive the parallel loops that read them.
 unsafe impl<T> Send for SendView<T> {}
 unsafe impl<T> Sync for SendView<T> {}
 
 impl<T: Copy> SendView<T> {
     /// The view (a method, so that closures capture the whole `Send` wrapper).
-    fn get(&self) -> View<T> {
+    fn get(&self) -> Mat<T> {
         self.0
     }
 }
@@ -358,7 +339,7 @@ pub struct Dst {
 /// # Safety
 /// [`available`] must be true; the views must describe valid matrices of these sizes, and
 /// `dst` a valid `[m, n]` buffer that nothing else aliases.
-pub unsafe fn gemm(m: usize, n: usize, k: usize, dst: Dst, a: View<f32>, b: View<bf16>) {
+pub unsafe fn gemm(m: usize, n: usize, k: usize, dst: Dst, a: Mat<f32>, b: Mat<bf16>) {
     let Dst {
         ptr: dst,
         ld: ldd,
@@ -451,7 +432,7 @@ const FEW: usize = 4;
 ///
 /// # Safety
 /// As [`gemm`], with `b.1 == 1` and `1 ≤ m ≤ FEW`.
-unsafe fn few_rows([m, n, k]: [usize; 3], dst: Dst, a: View<f32>, b: View<bf16>) {
+unsafe fn few_rows([m, n, k]: [usize; 3], dst: Dst, a: Mat<f32>, b: Mat<bf16>) {
     let Dst {
         ptr: dst,
         ld: ldd,
@@ -633,7 +614,7 @@ unsafe fn kernel<const R: usize>(_: &Tile<'_>) {
 ///
 /// # Safety
 /// As [`gemm`].
-pub unsafe fn product(m: usize, n: usize, k: usize, a: View<f32>, b: View<bf16>) -> Vec<f32> {
+pub unsafe fn product(m: usize, n: usize, k: usize, a: Mat<f32>, b: Mat<bf16>) -> Vec<f32> {
     // Not zeroed first: without `accumulate`, `gemm` writes every element of `[m, n]` (every
     // tile's rows and columns, the few-row path each output, `k = 0` zeros).
     let mut out = Vec::<f32>::with_capacity(m * n);
@@ -660,8 +641,8 @@ pub unsafe fn product_reference(
     m: usize,
     n: usize,
     k: usize,
-    a: View<f32>,
-    b: View<bf16>,
+    a: Mat<f32>,
+    b: Mat<bf16>,
 ) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
     for i in 0..m {
@@ -729,12 +710,12 @@ mod tests {
             let w: Vec<bf16> = data(n * k, 2).into_iter().map(bf16::from_f32).collect();
             // `B` as the transposed view of `w` stored `[n, k]`, and as `w` read as `[k, n]`.
             for (b, label) in [
-                (View(w.as_ptr(), 1, k as isize), "column-contiguous"),
-                (View(w.as_ptr(), n as isize, 1), "row-major"),
+                (Mat(w.as_ptr(), 1, k as isize), "column-contiguous"),
+                (Mat(w.as_ptr(), n as isize, 1), "row-major"),
             ] {
                 for (av, alabel) in [
-                    (View(a.as_ptr(), k as isize, 1), "row-major A"),
-                    (View(a.as_ptr(), 1, m as isize), "transposed A"),
+                    (Mat(a.as_ptr(), k as isize, 1), "row-major A"),
+                    (Mat(a.as_ptr(), 1, m as isize), "transposed A"),
                 ] {
                     // SAFETY: both views lie inside their buffers.
                     let (got, want) =
@@ -749,8 +730,8 @@ mod tests {
                 }
             }
             // Accumulating adds the product to what is there.
-            let b = View(w.as_ptr(), 1, k as isize);
-            let av = View(a.as_ptr(), k as isize, 1);
+            let b = Mat(w.as_ptr(), 1, k as isize);
+            let av = Mat(a.as_ptr(), k as isize, 1);
             let mut out = vec![1.5f32; m * n];
             // SAFETY: as above; `out` is `[m, n]`.
             let want = unsafe {

@@ -23,6 +23,8 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use rayon::prelude::*;
 
+use super::strided::Mat;
+
 /// Whether the fused kernels serve tensors on `device`: burn's CPU backend, with or without
 /// autodiff, in f32.
 pub fn applies<const D: usize>(x: &Tensor<D>) -> bool {
@@ -467,21 +469,6 @@ const ONE: gemm::Parallelism = gemm::Parallelism::None;
 /// Every thread for [`gemm`], when gemm finds the product large enough.
 pub(super) const ALL: gemm::Parallelism = gemm::Parallelism::Rayon(0);
 
-/// A strided matrix operand: pointer, row stride, column stride (in elements).
-#[derive(Clone, Copy)]
-pub(super) struct Mat(pub(super) *const f32, pub(super) isize, pub(super) isize);
-
-impl Mat {
-    /// The transpose, as a view.
-    fn t(self) -> Self {
-        Mat(self.0, self.2, self.1)
-    }
-    /// The view from row `r` on.
-    fn skip_rows(self, r: usize) -> Self {
-        Mat(self.0.wrapping_offset(r as isize * self.1), self.1, self.2)
-    }
-}
-
 /// Query rows per block of scores: a block `[rows, t]` stays near 1 MiB, so long prompts
 /// never hold an `[s, t]` matrix per thread.
 fn block_rows(s: usize, t: usize) -> usize {
@@ -801,10 +788,10 @@ pub fn weight_applies(dtype: DType) -> bool {
 }
 
 /// A 2-D bf16 tensor as an operand of [`super::bf16::gemm`] (any strides).
-fn bf16_view(t: &FlexTensor) -> super::bf16::View<half::bf16> {
+fn bf16_view(t: &FlexTensor) -> Mat<half::bf16> {
     let st = t.layout().strides();
     let data = &t.storage::<half::bf16>()[t.layout().start_offset()..];
-    super::bf16::View(data.as_ptr(), st[0], st[1])
+    Mat(data.as_ptr(), st[0], st[1])
 }
 
 /// `lhs [m, k] · W` into a fresh `[m, n]` buffer, `W` being the weight `w` `[k, n]`, or its
@@ -826,7 +813,7 @@ unsafe fn weight_product(
         let v = if transposed { v.t() } else { v };
         // SAFETY: forwarded from the caller; `weight_applies` let the bf16 weight in only where
         // the kernel runs.
-        return unsafe { super::bf16::product(m, n, k, super::bf16::View(lhs.0, lhs.1, lhs.2), v) };
+        return unsafe { super::bf16::product(m, n, k, lhs, v) };
     }
     let wm = if transposed { mat(w).t() } else { mat(w) };
     // SAFETY: forwarded from the caller.

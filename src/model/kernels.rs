@@ -12,7 +12,8 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use rayon::prelude::*;
 
-use super::fused::{Mat, dot_portable};
+use super::fused::dot_portable;
+use super::strided::Mat;
 
 /// At most this many rows take the kernel; more rows make a real matmul, which burn does well.
 pub const MAX_ROWS: usize = 8;

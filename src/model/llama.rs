@@ -275,14 +275,10 @@ impl CausalLm {
                     let w = embed.transpose();
                     return super::kernels::small_matmul(flat, w).reshape([b, s, vocab]);
                 }
-                let dtype = embed.dtype();
-                #[cfg(feature = "cpu")]
-                if dtype == DType::BF16
-                    && super::fused::applies(&flat)
-                    && super::fused::weight_applies(dtype)
-                {
-                    return super::fused::linear(flat, embed.transpose()).reshape([b, s, vocab]);
+                if let Some(logits) = tied_bf16(&flat, &embed) {
+                    return logits.reshape([b, s, vocab]);
                 }
+                let dtype = embed.dtype();
                 embed
                     .matmul(flat.transpose().cast(dtype))
                     .cast(FloatDType::F32)
@@ -316,18 +312,10 @@ impl CausalLm {
             }
             None => {
                 let embed = self.embed_tokens.val();
-                #[cfg(feature = "cpu")]
-                if embed.dtype() == DType::BF16
-                    && super::fused::applies(&picked)
-                    && super::fused::weight_applies(DType::BF16)
-                {
-                    return super::fused::nll(
-                        super::fused::linear(picked, embed.transpose()),
-                        labels,
-                    )
-                    .sum();
+                match tied_bf16(&picked, &embed) {
+                    Some(logits) => logits,
+                    None => super::matmul_weight(picked, embed.transpose()),
                 }
-                super::matmul_weight(picked, embed.transpose())
             }
         };
         #[cfg(feature = "cpu")]
@@ -595,4 +583,18 @@ fn projection(v: &Vars<'_>, p: &Projection) -> Result<Proj, WeightError> {
     });
     proj.packed = v.blocks("weight", [p.d_out, p.d_in])?;
     Ok(proj)
+}
+
+/// `x · Eᵀ` for a tied bf16 embedding `E` `[vocab, h]` through the CPU's bf16 kernel (read in
+/// place), where that kernel runs; `None` elsewhere, for burn's product.
+fn tied_bf16(x: &Tensor<2>, embed: &Tensor<2>) -> Option<Tensor<2>> {
+    #[cfg(feature = "cpu")]
+    if embed.dtype() == DType::BF16
+        && super::fused::applies(x)
+        && super::fused::weight_applies(DType::BF16)
+    {
+        return Some(super::fused::linear(x.clone(), embed.clone().transpose()));
+    }
+    let _ = (x, embed);
+    None
 }

@@ -21,6 +21,8 @@ pub mod moe;
 pub mod quant;
 pub mod rope;
 pub mod spin;
+#[cfg(feature = "cpu")]
+pub mod strided;
 pub mod vars;
 
 pub use cache::KvCache;
