@@ -197,7 +197,11 @@ fn exp(x: f32) -> f32 {
         .mul_add(r, 1.666_666_5e-1)
         .mul_add(r, 0.5);
     let y = p.mul_add(z, r) + 1.0;
-    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // 2^n from the bits: `n + 127` lies in 1..=254 after the clamp, and adding 2^23 leaves it as
+    // the low bits of the mantissa. Unlike `n as i32` (saturating, NaN-checked lane by lane),
+    // this stays in vector registers; a NaN input still gives NaN through `y`.
+    let biased = (n + (127.0 + 8_388_608.0)).to_bits() & 0x7f_ffff;
+    y * f32::from_bits(biased << 23)
 }
 
 #[inline(always)]
@@ -208,6 +212,41 @@ fn sigmoid(x: f32) -> f32 {
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_portable::<16>(a, b)
+}
+
+/// Independent partial results per loop, so that a reduction vectorises: one running max or sum
+/// is a chain the compiler must keep in order, which leaves `exp` scalar too.
+const LANES: usize = 16;
+
+/// The largest value of `row`.
+#[inline(always)]
+fn row_max(row: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l = l.max(*v);
+        }
+    }
+    let rest = chunks.remainder().iter().copied();
+    lanes
+        .into_iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// `Σ e^(v - shift)` over `row`.
+#[inline(always)]
+fn sum_exp(row: &[f32], shift: f32) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += exp(v - shift);
+        }
+    }
+    let rest = chunks.remainder().iter().map(|v| exp(v - shift));
+    lanes.into_iter().chain(rest).sum()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -366,12 +405,8 @@ fn nll_forward(z: &[f32], labels: &[i64], vocab: usize) -> (Vec<f32>, Vec<f32>) 
         .zip(labels.par_iter())
         .map(|(row, &label)| {
             simd!({
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for &v in row {
-                    sum += exp(v - max);
-                }
-                let lse = max + sum.ln();
+                let max = row_max(row);
+                let lse = max + sum_exp(row, max).ln();
                 (lse - row[label as usize], lse)
             })
         })
@@ -470,11 +505,43 @@ const ONE: gemm::Parallelism = gemm::Parallelism::None;
 pub(super) const ALL: gemm::Parallelism = gemm::Parallelism::Rayon(0);
 
 /// Query rows per block of scores: a block `[rows, t]` stays near 1 MiB, so long prompts
-/// never hold an `[s, t]` matrix per thread.
+/// never hold an `[s, t]` matrix per thread, and at most 64 rows, so that a causal mask leaves
+/// later blocks' columns to skip ([`allowed_columns`]).
 fn block_rows(s: usize, t: usize) -> usize {
     // Small under test, so that the tests cross block boundaries.
     const VALUES: usize = if cfg!(test) { 256 } else { 262_144 };
-    (VALUES / t.max(1)).clamp(4, s.max(4))
+    (VALUES / t.max(1)).clamp(4, s.clamp(4, 64))
+}
+
+/// The key columns `[c0, c1)` of a block of mask rows (`rows` rows of `t`) outside which every
+/// entry is masked (-inf): scores there are exactly 0 after the softmax, so the block's products
+/// leave them out. Under a causal mask a block of early query rows skips the later keys, which
+/// halves a long prompt's attention. A block with no allowed entry keeps every column.
+fn allowed_columns(mask: &[f32], t: usize) -> (usize, usize) {
+    let (mut c0, mut c1) = (t, 0);
+    for row in mask.chunks_exact(t) {
+        let allowed = |m: &f32| *m != f32::NEG_INFINITY;
+        if let (Some(f), Some(l)) = (row.iter().position(allowed), row.iter().rposition(allowed)) {
+            c0 = c0.min(f);
+            c1 = c1.max(l + 1);
+        }
+    }
+    if c0 < c1 { (c0, c1) } else { (0, t) }
+}
+
+/// [`allowed_columns`] of every block of `rows` query rows of every batch row of `mask`
+/// `[b, s, t]`, block `j` of batch row `bi` at `bi · s.div_ceil(rows) + j`: the mask is the
+/// same for every head, so it is read once.
+fn block_spans(mask: &[f32], (b, s, t): (usize, usize, usize), rows: usize) -> Vec<(usize, usize)> {
+    (0..b)
+        .into_par_iter()
+        .flat_map_iter(|bi| {
+            (0..s).step_by(rows).map(move |r0| {
+                let n = rows.min(s - r0);
+                allowed_columns(&mask[(bi * s + r0) * t..(bi * s + r0 + n) * t], t)
+            })
+        })
+        .collect()
 }
 
 /// `beta · lhs [m, k] · rhs [k, n]` into a fresh row-major `[m, n]` buffer, on every thread.
@@ -549,31 +616,28 @@ fn head(v: &View<'_>, b: usize, h: usize) -> Mat {
     Mat(v.data[at..].as_ptr(), v.strides[2] as isize, 1)
 }
 
-/// Scores of one head turned into probabilities in place: `p [rows, t]` holds `scale · q·kᵀ`
-/// on entry, `mask` the same rows of the additive mask. With `lse_in` (the backward pass) rows
-/// are normalised by it; else each row's log-sum-exp is computed and written to `lse_out`.
+/// Scores of one head turned into probabilities in place: `p [rows, w]` holds `scale · q·kᵀ`
+/// on entry, `mask` the same rows and columns of the additive mask, its rows `stride` apart.
+/// With `lse_in` (the backward pass) rows are normalised by it; else each row's log-sum-exp is
+/// computed and written to `lse_out`.
 #[inline(always)]
 fn softmax_rows(
     p: &mut [f32],
     mask: &[f32],
-    t: usize,
+    (w, stride): (usize, usize),
     lse_in: Option<&[f32]>,
     lse_out: &mut [f32],
 ) {
-    for (i, (row, mrow)) in p.chunks_exact_mut(t).zip(mask.chunks_exact(t)).enumerate() {
-        let mut max = f32::NEG_INFINITY;
+    for (i, (row, mrow)) in p.chunks_exact_mut(w).zip(mask.chunks(stride)).enumerate() {
+        let mrow = &mrow[..w];
         for (x, m) in row.iter_mut().zip(mrow) {
             *x += m;
-            max = max.max(*x);
         }
         let l = match lse_in {
             Some(l) => l[i],
             None => {
-                let mut sum = 0f32;
-                for x in row.iter() {
-                    sum += exp(*x - max);
-                }
-                max + sum.ln()
+                let max = row_max(row);
+                max + sum_exp(row, max).ln()
             }
         };
         for (x, m) in row.iter_mut().zip(mrow) {
@@ -604,44 +668,50 @@ fn attention_forward(
     let mut out = vec![0f32; b * s * h * d];
     let mut lse = vec![0f32; b * h * s];
     let dst = Shared(out.as_mut_ptr());
+    let rows = block_rows(s, t);
+    let spans = block_spans(mask, (b, s, t), rows);
+    let blocks = s.div_ceil(rows);
     // One task per (batch row, query head): its scores `[s, t]` by one product, the softmax,
     // and its output columns `[s, d]` of `out` by another.
     lse.par_chunks_mut(s).enumerate().for_each(|(task, l)| {
         let (bi, hi) = (task / h, task % h);
         let kh = hi / group;
         let m = &mask[bi * s * t..(bi + 1) * s * t];
-        let rows = block_rows(s, t);
         let mut p = vec![0f32; rows.min(s) * t];
         let (qh, kh_, vh) = (head(&qv, bi, hi), head(&kv_, bi, kh), head(&vv, bi, kh));
         let o = Mat(dst.at((bi * s * h + hi) * d), (h * d) as isize, 1);
         simd!({
-            for r0 in (0..s).step_by(rows) {
+            for (j, r0) in (0..s).step_by(rows).enumerate() {
                 let n = rows.min(s - r0);
-                let p = &mut p[..n * t];
-                // SAFETY: the views are valid for their shapes; `p` is this task's own, and the
-                // output block (row `bi`, head `hi`) is written by this task only.
+                let block = &m[r0 * t..(r0 + n) * t];
+                let (c0, c1) = spans[bi * blocks + j];
+                let w = c1 - c0;
+                let p = &mut p[..n * w];
+                // SAFETY: the views are valid for their shapes (key rows `c0..c1` lie inside
+                // `t`); `p` is this task's own, and the output block (row `bi`, head `hi`) is
+                // written by this task only.
                 unsafe {
                     gemm(
                         ONE,
                         n,
-                        t,
+                        w,
                         d,
-                        Mat(p.as_mut_ptr(), t as isize, 1),
+                        Mat(p.as_mut_ptr(), w as isize, 1),
                         false,
                         qh.skip_rows(r0),
-                        kh_.t(),
+                        kh_.skip_rows(c0).t(),
                         scale,
                     );
-                    softmax_rows(p, &m[r0 * t..(r0 + n) * t], t, None, &mut l[r0..r0 + n]);
+                    softmax_rows(p, &block[c0..], (w, t), None, &mut l[r0..r0 + n]);
                     gemm(
                         ONE,
                         n,
                         d,
-                        t,
+                        w,
                         o.skip_rows(r0),
                         false,
-                        Mat(p.as_ptr(), t as isize, 1),
-                        vh,
+                        Mat(p.as_ptr(), w as isize, 1),
+                        vh.skip_rows(c0),
                         1.0,
                     );
                 }
@@ -682,11 +752,13 @@ fn attention_backward(
         Shared(g.dk.as_mut_ptr()),
         Shared(g.dv.as_mut_ptr()),
     );
+    let rows = block_rows(s, t);
+    let spans = block_spans(mask, (b, s, t), rows);
+    let blocks = s.div_ceil(rows);
     // One task per (batch row, KV head): it owns that head's dk, dv and its query heads' dq.
     (0..b * kv).into_par_iter().for_each(|task| {
         let (bi, kh) = (task / kv, task % kv);
         let m = &mask[bi * s * t..(bi + 1) * s * t];
-        let rows = block_rows(s, t);
         let (mut p, mut dp) = (vec![0f32; rows.min(s) * t], vec![0f32; rows.min(s) * t]);
         let mut delta = vec![0f32; rows.min(s)];
         let kv0 = (bi * kv + kh) * t * d;
@@ -695,46 +767,45 @@ fn attention_backward(
             Mat(dv.at(kv0), d as isize, 1),
         );
         simd!({
-            let mut first = true;
             for gi in 0..group {
                 let hi = kh * group + gi;
                 let (qh, kh_, vh) = (head(&qv, bi, hi), head(&kv_, bi, kh), head(&vv, bi, kh));
                 let go = Mat(grad[(bi * s * h + hi) * d..].as_ptr(), (h * d) as isize, 1);
                 let dq_h = Mat(dq.at((bi * h + hi) * s * d), d as isize, 1);
                 let l = &lse[(bi * h + hi) * s..(bi * h + hi + 1) * s];
-                for r0 in (0..s).step_by(rows) {
+                for (j, r0) in (0..s).step_by(rows).enumerate() {
                     let n = rows.min(s - r0);
-                    let (p, dp) = (&mut p[..n * t], &mut dp[..n * t]);
+                    let block = &m[r0 * t..(r0 + n) * t];
+                    let (c0, c1) = spans[bi * blocks + j];
+                    let w = c1 - c0;
+                    let (p, dp) = (&mut p[..n * w], &mut dp[..n * w]);
+                    let (kb, vb) = (kh_.skip_rows(c0), vh.skip_rows(c0));
+                    let (dk_b, dv_b) = (dk_h.skip_rows(c0), dv_h.skip_rows(c0));
                     for (i, dl) in delta[..n].iter_mut().enumerate() {
                         let at = ((bi * s + r0 + i) * h + hi) * d;
                         *dl = dot(&out[at..at + d], &grad[at..at + d]);
                     }
-                    // SAFETY: valid views; dq's block (bi, hi) and dk/dv's block (bi, kh)
-                    // belong to this task alone.
+                    // SAFETY: valid views (key rows `c0..c1` lie inside `t`); dq's block
+                    // (bi, hi) and dk/dv's block (bi, kh) belong to this task alone. dk and dv
+                    // start at zero, so every block adds into them.
                     unsafe {
-                        let pm = Mat(p.as_mut_ptr(), t as isize, 1);
-                        gemm(ONE, n, t, d, pm, false, qh.skip_rows(r0), kh_.t(), scale);
-                        softmax_rows(
-                            p,
-                            &m[r0 * t..(r0 + n) * t],
-                            t,
-                            Some(&l[r0..r0 + n]),
-                            &mut [],
-                        );
-                        let dsm = Mat(dp.as_mut_ptr(), t as isize, 1);
-                        gemm(ONE, n, t, d, dsm, false, go.skip_rows(r0), vh.t(), 1.0);
+                        let pm = Mat(p.as_mut_ptr(), w as isize, 1);
+                        gemm(ONE, n, w, d, pm, false, qh.skip_rows(r0), kb.t(), scale);
+                        let lse = Some(&l[r0..r0 + n]);
+                        softmax_rows(p, &block[c0..], (w, t), lse, &mut []);
+                        let dsm = Mat(dp.as_mut_ptr(), w as isize, 1);
+                        gemm(ONE, n, w, d, dsm, false, go.skip_rows(r0), vb.t(), 1.0);
                         for ((ds, pr), dl) in
-                            dp.chunks_exact_mut(t).zip(p.chunks_exact(t)).zip(&delta)
+                            dp.chunks_exact_mut(w).zip(p.chunks_exact(w)).zip(&delta)
                         {
                             for (x, pv) in ds.iter_mut().zip(pr) {
                                 *x = pv * (*x - dl) * scale;
                             }
                         }
-                        gemm(ONE, n, d, t, dq_h.skip_rows(r0), false, dsm, kh_, 1.0);
-                        gemm(ONE, t, d, n, dk_h, !first, dsm.t(), qh.skip_rows(r0), 1.0);
-                        gemm(ONE, t, d, n, dv_h, !first, pm.t(), go.skip_rows(r0), 1.0);
+                        gemm(ONE, n, d, w, dq_h.skip_rows(r0), false, dsm, kb, 1.0);
+                        gemm(ONE, w, d, n, dk_b, true, dsm.t(), qh.skip_rows(r0), 1.0);
+                        gemm(ONE, w, d, n, dv_b, true, pm.t(), go.skip_rows(r0), 1.0);
                     }
-                    first = false;
                 }
             }
         })
@@ -1448,6 +1519,13 @@ mod tests {
             );
         }
         assert!(exp(f32::NEG_INFINITY) < 1e-37);
+        assert!(exp(f32::INFINITY) > 1e38 && exp(f32::INFINITY).is_finite());
+        assert!(exp(f32::NAN).is_nan());
+        // The vectorised loops take the same function.
+        let xs: Vec<f32> = (0..37).map(|i| i as f32 * 0.5 - 9.0).collect();
+        let want: f32 = xs.iter().map(|x| (x - 2.0).exp()).sum();
+        assert!((sum_exp(&xs, 2.0) - want).abs() <= 1e-5 * want);
+        assert_eq!(row_max(&xs), 9.0);
     }
 
     #[test]
@@ -1517,6 +1595,25 @@ mod tests {
         // several blocks of query rows.
         attention_case(5, 4);
         attention_case(40, 4);
+    }
+
+    #[test]
+    fn attention_blocks_skip_the_columns_their_mask_hides() {
+        // Causal after 2 cached keys, 3 query rows, with key 0 hidden from every row (padding).
+        let ninf = f32::NEG_INFINITY;
+        let t = 5;
+        let mut m = vec![0f32; 3 * t];
+        for (i, cell) in m.iter_mut().enumerate() {
+            let (qi, kj) = (i / t, i % t);
+            if kj > 2 + qi || kj == 0 {
+                *cell = ninf;
+            }
+        }
+        assert_eq!(allowed_columns(&m[..t], t), (1, 3));
+        assert_eq!(allowed_columns(&m[..2 * t], t), (1, 4));
+        assert_eq!(allowed_columns(&m, t), (1, 5));
+        // Nothing allowed: every column, as without the skip.
+        assert_eq!(allowed_columns(&[ninf; 10], t), (0, t));
     }
 
     fn attention_case(s: usize, past: usize) {

@@ -201,22 +201,47 @@ fn prefill_product(x: FlexTensor, w: FlexTensor, m: usize, k: usize, n: usize) -
             1.0,
         );
     }
-    let mut y = vec![0f32; m * n];
-    // Transpose by blocks of 16 rows: for each column, 16 consecutive values of `yt` (one cache
-    // line) go to 16 rows that are each written in order.
+    FlexTensor::from_data(TensorData::new(transposed(&yt, m, n), [m, n]))
+}
+
+/// Row-major `[m, n]` from column-major `yt` (element (i, r) at `r·m + i`), by blocks of 16
+/// rows: 16 × 16 tiles through registers where the CPU has AVX-512, else for each column, 16
+/// consecutive values of `yt` (one cache line) go to 16 rows that are each written in order.
+fn transposed(yt: &[f32], m: usize, n: usize) -> Vec<f32> {
     const ROWS: usize = 16;
+    let mut y = vec![0f32; m * n];
+    #[cfg(target_arch = "x86_64")]
+    let tiles = std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    let tiles = false;
     y.par_chunks_mut(n * ROWS)
         .enumerate()
         .for_each(|(blk, rows)| {
             let (i0, count) = (blk * ROWS, rows.len() / n);
-            for r in 0..n {
+            let tiled = if tiles && count == ROWS {
+                n / 16 * 16
+            } else {
+                0
+            };
+            for r0 in (0..tiled).step_by(16) {
+                // SAFETY: AVX-512F was detected; column `r0 + c` of `yt` holds rows
+                // `i0..i0 + 16` at `(r0 + c)·m + i0`, and `rows` is 16 rows of `n ≥ r0 + 16`.
+                unsafe {
+                    super::strided::transpose16(
+                        |c| yt.as_ptr().add((r0 + c) * m + i0).cast(),
+                        rows.as_mut_ptr().add(r0).cast(),
+                        n,
+                    )
+                };
+            }
+            for r in tiled..n {
                 let col = &yt[r * m + i0..r * m + i0 + count];
                 for (di, v) in col.iter().enumerate() {
                     rows[di * n + r] = *v;
                 }
             }
         });
-    FlexTensor::from_data(TensorData::new(y, [m, n]))
+    y
 }
 
 /// `y[i, r] = Σ_j x[i, j] · wt[r, j]` for `wt` stored `[n, k]`.
@@ -317,6 +342,20 @@ unsafe fn axpy_fma(y: &mut [f32], a: f32, x: &[f32]) {
 mod tests {
     use super::*;
     use burn::tensor::Distribution;
+
+    #[test]
+    fn column_major_products_come_back_row_major() {
+        // Full 16 × 16 tiles, a partial block of rows and columns past the last tile.
+        for (m, n) in [(37, 50), (16, 16), (5, 3), (32, 64)] {
+            let yt: Vec<f32> = (0..m * n).map(|v| v as f32).collect();
+            let y = transposed(&yt, m, n);
+            for i in 0..m {
+                for r in 0..n {
+                    assert_eq!(y[i * n + r], yt[r * m + i], "({i}, {r}) of {m} × {n}");
+                }
+            }
+        }
+    }
 
     fn close(a: &Tensor<2>, b: &Tensor<2>) {
         let (a, b) = (

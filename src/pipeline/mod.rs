@@ -254,8 +254,13 @@ fn targets(
 ) -> Result<Vec<TargetSpec>, PipelineError> {
     let mut targets = Vec::new();
     let tuned = std::path::absolute(adapter).map_err(|e| FileError::io(adapter, e))?;
+    // Both local models on the device and in the base-weight precision the recipe trained in:
+    // the tuned adapter is judged as it was trained, and the base beside it on equal terms.
+    let recipe = &loaded.recipe;
     for (name, ad) in [("base", None), ("tuned", Some(tuned))] {
-        let mut t = TargetSpec::local(name, loaded.recipe.base_model.clone(), ad);
+        let mut t = TargetSpec::local(name, recipe.base_model.clone(), ad);
+        t.dtype = recipe.bf16.precision(recipe.device);
+        t.device = Some(recipe.device);
         t.batch_size = p.batch_size;
         t.price_per_hour = p.route.machine_price_per_hour;
         t.timeout_s = 3600.0;
@@ -412,6 +417,52 @@ fn route_stage(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Silent(train::Quiet, eval::runner::Quiet);
+
+    impl PipelineObserver for Silent {
+        fn train(&mut self) -> &mut dyn TrainObserver {
+            &mut self.0
+        }
+        fn eval(&mut self) -> &mut dyn EvalObserver {
+            &mut self.1
+        }
+    }
+
+    #[test]
+    fn local_targets_run_in_the_recipes_precision_and_on_its_device() {
+        let p: Pipeline = toml::from_str(
+            "name = \"p\"\nout = \"o\"\nrecipe = \"r.toml\"\nsuites = [\"s.toml\"]\nbatch_size = 3\n",
+        )
+        .unwrap();
+        let file = Path::new("/runs/pipeline.toml");
+        let base = "base_model = \"m\"\noutput_dir = \"o\"\n[[datasets]]\npath = \"d.jsonl\"\ntype = \"chat\"\n";
+        let cases = [
+            ("", crate::model::Precision::F32),
+            ("bf16 = true\n", crate::model::Precision::Bf16),
+            (
+                "bf16 = \"auto\"\n",
+                train::recipe::Bf16::Auto.precision(load::DeviceKind::Cpu),
+            ),
+        ];
+        for (key, want) in cases {
+            let text = format!("{key}{base}");
+            let loaded = LoadedRecipe::parse(Path::new("r.toml"), text).unwrap();
+            let mut quiet = Silent(train::Quiet, eval::runner::Quiet);
+            let specs = targets(file, &p, &loaded, Path::new("/runs/adapter"), &mut quiet).unwrap();
+            let names: Vec<_> = specs.iter().map(|t| t.name.as_str()).collect();
+            assert_eq!(names, ["base", "tuned"], "{key}");
+            for t in &specs {
+                assert_eq!(t.dtype, want, "{key} {}", t.name);
+                assert_eq!(t.device, Some(load::DeviceKind::Cpu), "{key}");
+                assert_eq!(t.batch_size, Some(3));
+            }
+            assert_eq!(
+                specs[1].adapter.as_deref(),
+                Some(Path::new("/runs/adapter"))
+            );
+        }
+    }
 
     #[test]
     fn the_route_table_is_route_derives_options() {
