@@ -22,6 +22,7 @@ pub mod eval;
 pub mod formats;
 pub mod generate;
 pub mod load;
+pub mod machine;
 pub mod model;
 pub mod pipeline;
 pub mod providers;

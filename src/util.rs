@@ -186,21 +186,6 @@ impl Interrupt {
     }
 }
 
-/// The CPU's model name (`/proc/cpuinfo`), with its logical core count, for benchmark records.
-pub fn cpu_name() -> String {
-    let name = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!("{name}, {cores} cores")
-}
-
 /// The `q` quantile (0..=1) by linear interpolation between order statistics (numpy's default).
 pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
     if values.is_empty() {

@@ -185,6 +185,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let wl_file = tempfile::NamedTempFile::new()?;
     std::fs::write(wl_file.path(), workload.to_string())?;
 
+    eprintln!("machine: {}", crate::machine::this().summary());
     eprintln!(
         "switchyard: {} threads, {:?} device, {} prefill tokens, {} decode steps, median of {}",
         threads, b.model.device, b.prompt_tokens, b.new_tokens, b.repeats
@@ -278,7 +279,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         println!("  {}: {}", r.engine, r.versions);
     }
     if let Some(out) = &b.out {
-        let doc = json!({"threads": threads, "prompt_tokens": b.prompt_tokens, "new_tokens": b.new_tokens,
+        let doc = json!({"machine": crate::machine::this(), "threads": threads, "prompt_tokens": b.prompt_tokens, "new_tokens": b.new_tokens,
                          "repeats": b.repeats, "results": rows, "ratios": ratios,
                          "skipped": skipped});
         crate::util::write_json(out, &doc)?;

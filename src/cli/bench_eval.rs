@@ -179,7 +179,7 @@ pub fn run(b: EvalBench) -> anyhow::Result<()> {
             .map_or(f64::NAN, |s| s.1)
     };
     let figures = json!({
-        "cases": b.cases, "concurrency": b.concurrency, "server_ms": service * 1e3,
+        "machine": crate::machine::this(), "cases": b.cases, "concurrency": b.concurrency, "server_ms": service * 1e3,
         "ideal_s": ideal, "bare_reqwest_s": bare_s, "harness_s": run_s, "harness_with_summaries_s": total_s,
         "harness_over_bare": run_s / bare_s, "overhead_pct": 100.0 * (run_s / bare_s - 1.0),
         "overhead_vs_ideal_pct": 100.0 * (run_s / ideal - 1.0),

@@ -283,7 +283,7 @@ pub fn run(b: ServeBench) -> anyhow::Result<()> {
         curves.push(curve);
     }
     let report = LoadReport {
-        machine: crate::util::cpu_name(),
+        machine: crate::machine::this().summary(),
         date: crate::util::today(),
         curves,
     };

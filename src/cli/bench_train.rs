@@ -147,6 +147,7 @@ pub fn run(b: TrainBench) -> anyhow::Result<()> {
         threads,
         b.steps
     );
+    eprintln!("machine: {}", crate::machine::this().summary());
     let mut results = Vec::new();
     println!(
         "{:<10} {:<12} {:>12} {:>14} {:>10}",
@@ -201,7 +202,7 @@ pub fn run(b: TrainBench) -> anyhow::Result<()> {
     }
     println!("(speed × = switchyard tokens/s ÷ PyTorch + PEFT tokens/s)");
     if let Some(out) = &b.out {
-        let doc = json!({"rank": b.rank, "micro_batch": b.micro_batch, "seq_len": b.seq_len, "steps": b.steps,
+        let doc = json!({"machine": crate::machine::this(), "rank": b.rank, "micro_batch": b.micro_batch, "seq_len": b.seq_len, "steps": b.steps,
                          "threads": threads, "results": results});
         crate::util::write_json(out, &doc)?;
     }

@@ -589,6 +589,8 @@ fn write_run_json(
         "run_id": run_id,
         "started_at": now_s(),
         "switchyard": env!("CARGO_PKG_VERSION"),
+        // Local targets' latencies depend on it.
+        "machine": crate::machine::this(),
         "suites": suites.iter().map(|s| json!({
             "name": s.name(), "path": s.path, "cases": s.cases.len(), "repeats": repeats(s),
             "tags": s.file.tags, "generation": s.file.generation,

@@ -369,8 +369,17 @@ pub unsafe fn gemm(m: usize, n: usize, k: usize, dst: Dst, a: Mat<f32>, b: Mat<b
     SCRATCH.set((keep(ap), keep(bp)));
 }
 
-/// Rows of `A` up to which a weight with contiguous columns is read in place, unpacked (decode).
-const FEW: usize = 4;
+/// Rows of `A` up to which a weight with contiguous columns is read in place, unpacked (decode,
+/// and the eval harness's batches of up to 8): the same as the f32 decode kernels' limit.
+const FEW: usize = super::kernels::MAX_ROWS;
+
+/// Rows whose dot products one step computes together (more would spill registers).
+const GROUP: usize = 4;
+
+/// Columns of `B` whose dot products one step computes together. `GROUP × COLS` independent
+/// sums hide `vdpbf16ps`'s latency (one column at a time left a one-row decode waiting on a
+/// single dependency chain per output), and each row's activations load once for all of them.
+const COLS: usize = 4;
 
 /// `m ≤ FEW` rows against `B` whose columns are contiguous in `k` (a weight stored `[n, k]`):
 /// each output is a dot product of two contiguous runs, 32 bf16 per `vdpbf16ps`, so the weight
@@ -389,70 +398,142 @@ unsafe fn few_rows([m, n, k]: [usize; 3], dst: Dst, a: Mat<f32>, b: Mat<bf16>) {
     // SAFETY: forwarded from the caller.
     unsafe { pack_a(m, k, a, &mut ap) };
     let (out, b) = (Out(dst), SendView(b));
-    (0..n).into_par_iter().with_min_len(64).for_each(|j| {
+    let rows = Rows { ap: &ap, m, kp, k };
+    // Two tasks per thread, each a contiguous run of the weight that the prefetcher can follow,
+    // on the spinning pool: a token's couple of hundred products then start without waking a
+    // sleeping thread (rayon's wake-ups were a tenth of a bf16 decode).
+    let threads = rayon::current_num_threads().max(1);
+    let block = n.div_ceil(threads * 2).div_ceil(COLS).max(4) * COLS;
+    super::spin::run(n.div_ceil(block), &|t| {
         let (out, b) = (out.get(), b.get());
-        let mut sums = [0f32; FEW];
-        // SAFETY: column `j < n` holds `k` contiguous values; `available()` held in `gemm`.
-        unsafe {
-            let col = b.0.offset(j as isize * b.2);
-            match m {
-                1 => dots::<1>(&ap, kp, k, col, &mut sums),
-                2 => dots::<2>(&ap, kp, k, col, &mut sums),
-                3 => dots::<3>(&ap, kp, k, col, &mut sums),
-                _ => dots::<4>(&ap, kp, k, col, &mut sums),
-            }
-        }
-        for (i, sum) in sums.iter().enumerate().take(m) {
-            // SAFETY: `(i, j)` is inside the caller's `[m, n]` output; only this task writes it.
+        for j0 in (t * block..((t + 1) * block).min(n)).step_by(COLS) {
+            let cols = COLS.min(n - j0);
+            let mut sums = [[0f32; COLS]; FEW];
+            // SAFETY: columns `j0..j0 + cols ≤ n` hold `k` contiguous values each;
+            // `available()` held in `gemm`.
             unsafe {
-                let d = out.add(i * ldd + j);
-                *d = if accumulate { *d + sum } else { *sum };
+                let col = b.0.offset(j0 as isize * b.2);
+                if cols == COLS {
+                    rows.dots::<COLS>(col, b.2, &mut sums);
+                } else {
+                    for c in 0..cols {
+                        let mut one = [[0f32; 1]; FEW];
+                        rows.dots::<1>(col.offset(c as isize * b.2), b.2, &mut one);
+                        for (s, o) in sums.iter_mut().zip(&one) {
+                            s[c] = o[0];
+                        }
+                    }
+                }
+            }
+            for (i, row) in sums.iter().enumerate().take(m) {
+                for (c, sum) in row.iter().enumerate().take(cols) {
+                    // SAFETY: `(i, j0 + c)` is inside the caller's `[m, n]` output; only this
+                    // task writes it.
+                    unsafe {
+                        let d = out.add(i * ldd + j0 + c);
+                        *d = if accumulate { *d + sum } else { *sum };
+                    }
+                }
             }
         }
     });
 }
 
-/// `R` dot products of packed rows of `A` with one contiguous column of `B`, into `sums[..R]`.
-///
-/// # Safety
-/// [`available`]; `ap` holds `R` rows of `kp` pairs, `col` `k` values.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn dots<const R: usize>(
-    ap: &[u32],
+/// The packed rows of `A` a decode product reads: `m` rows of `kp` pairs, `k` values each.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    ap: &'a [u32],
+    m: usize,
     kp: usize,
     k: usize,
+}
+
+impl Rows<'_> {
+    /// `sums[i][c]` = row `i` · column `c` of `C` contiguous columns at stride `stride` from
+    /// `col`, [`GROUP`] rows at a time (a group's columns are still in L1 for the next group).
+    ///
+    /// # Safety
+    /// [`available`]; `col` starts `C` columns of `k` values each.
+    unsafe fn dots<const C: usize>(
+        &self,
+        col: *const bf16,
+        stride: isize,
+        sums: &mut [[f32; C]; FEW],
+    ) {
+        for g0 in (0..self.m).step_by(GROUP) {
+            let group = Rows {
+                ap: &self.ap[g0 * self.kp..],
+                m: (self.m - g0).min(GROUP),
+                ..*self
+            };
+            let s = &mut sums[g0..];
+            // SAFETY: forwarded from the caller; the group's rows are packed.
+            unsafe {
+                match group.m {
+                    1 => dots::<1, C>(&group, col, stride, s),
+                    2 => dots::<2, C>(&group, col, stride, s),
+                    3 => dots::<3, C>(&group, col, stride, s),
+                    _ => dots::<GROUP, C>(&group, col, stride, s),
+                }
+            }
+        }
+    }
+}
+
+/// `R × C` dot products of packed rows of `A` with `C` contiguous columns of `B`.
+///
+/// # Safety
+/// As [`Rows::dots`], with `R == rows.m`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn dots<const R: usize, const C: usize>(
+    rows: &Rows<'_>,
     col: *const bf16,
-    sums: &mut [f32; FEW],
+    stride: isize,
+    sums: &mut [[f32; C]],
 ) {
     use std::arch::x86_64::*;
-    let mut acc = [_mm512_setzero_ps(); R];
+    let Rows { ap, kp, k, .. } = *rows;
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
     let chunks = k / 32;
     for q in 0..chunks {
-        // SAFETY: values `32q..32q + 32 ≤ k` of the column, pairs `16q..16q + 16` of each row.
+        // SAFETY: values `32q..32q + 32 ≤ k` of each column, pairs `16q..16q + 16` of each row.
         unsafe {
-            let w: __m512bh = std::mem::transmute(_mm512_loadu_si512(col.add(32 * q).cast()));
+            let mut w = [_mm512_setzero_si512(); C];
+            for (c, w) in w.iter_mut().enumerate() {
+                *w = _mm512_loadu_si512(col.offset(c as isize * stride).add(32 * q).cast());
+            }
             for (i, acc) in acc.iter_mut().enumerate() {
                 let x: __m512bh = std::mem::transmute(_mm512_loadu_si512(
                     ap.as_ptr().add(i * kp + 16 * q).cast(),
                 ));
-                *acc = _mm512_dpbf16_ps(*acc, x, w);
+                for (acc, w) in acc.iter_mut().zip(&w) {
+                    *acc = _mm512_dpbf16_ps(*acc, x, std::mem::transmute::<__m512i, __m512bh>(*w));
+                }
             }
         }
     }
     for (i, acc) in acc.iter().enumerate() {
-        let mut sum = _mm512_reduce_add_ps(*acc);
-        for l in 32 * chunks..k {
-            let bits = (ap[i * kp + l / 2] >> (16 * (l % 2))) as u16;
-            // SAFETY: value `l < k` of the column.
-            sum += half::bf16::from_bits(bits).to_f32() * unsafe { *col.add(l) }.to_f32();
+        for (c, acc) in acc.iter().enumerate() {
+            let mut sum = _mm512_reduce_add_ps(*acc);
+            for l in 32 * chunks..k {
+                let bits = (ap[i * kp + l / 2] >> (16 * (l % 2))) as u16;
+                // SAFETY: value `l < k` of column `c`.
+                let w = unsafe { *col.offset(c as isize * stride).add(l) };
+                sum += half::bf16::from_bits(bits).to_f32() * w.to_f32();
+            }
+            sums[i][c] = sum;
         }
-        sums[i] = sum;
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn dots<const R: usize>(_: &[u32], _: usize, _: usize, _: *const bf16, _: &mut [f32; FEW]) {
+unsafe fn dots<const R: usize, const C: usize>(
+    _: &Rows<'_>,
+    _: *const bf16,
+    _: isize,
+    _: &mut [[f32; C]],
+) {
     unreachable!("bf16 kernels are x86-64 only")
 }
 
@@ -647,6 +728,10 @@ mod tests {
             (1, 1, 1),
             (3, 40, 75),
             (4, 9, 64),
+            (1, 6, 608),
+            (2, 13, 1536),
+            (6, 50, 100),
+            (8, 21, 576),
             (5, 17, 3),
             (13, 33, 257),
             (97, 70, 300),

@@ -72,6 +72,7 @@ pub fn write(
         "started_at": started,
         "switchyard": env!("CARGO_PKG_VERSION"),
         "burn": "0.22.1",
+        "machine": crate::machine::this(),
         "git_commit": git(&["rev-parse", "HEAD"]),
         "git_dirty": dirty,
         "model": {"spec": loaded.recipe.base_model, "folder": files.path, "sha256": model_hash},

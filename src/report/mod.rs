@@ -207,15 +207,19 @@ fn scores_table(summary: &[SummaryRow]) -> Table {
     t
 }
 
-/// The record line: version, commit, model, seed.
+/// The record line: version, commit, model, seed, and the machine local latencies came from.
 fn record_line(r: &Value) -> String {
-    format!(
+    let mut line = format!(
         "switchyard {} · git {} · model {} · recipe seed {}",
         r["switchyard"].as_str().unwrap_or("?"),
         r["git_commit"].as_str().unwrap_or("unknown"),
         r["model"]["spec"].as_str().unwrap_or("default"),
         r["seeds"]["recipe"]
-    )
+    );
+    if let Ok(m) = serde_json::from_value::<crate::machine::Machine>(r["machine"].clone()) {
+        line.push_str(&format!(" · on {}", m.summary()));
+    }
+    line
 }
 
 pub fn build(o: &RunOutputs) -> Result<Report, ReportError> {

@@ -305,7 +305,8 @@ pub fn train(
         checkpoint: last_ck,
     };
     let summary = json!({"plan": p.plan, "outcome": outcome, "elapsed_s": state.elapsed_s,
-                         "device": r.device.name()});
+                         "device": r.device.name(),
+                         "machine": crate::machine::this()});
     write_json(&out.join("summary.json"), &summary)?;
     observer.finished(&outcome);
     Ok(outcome)

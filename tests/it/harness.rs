@@ -502,4 +502,11 @@ fn header_values_stay_out_of_run_records() {
         "{run}"
     );
     assert_absent(&d.join("out"), KEY);
+    // Latencies are only as good as the record of the machine that measured them.
+    let run: serde_json::Value = serde_json::from_str(&run).unwrap();
+    assert_eq!(run["machine"], switchyard::machine::this().to_json());
+    assert!(
+        run["machine"]["logical_cpus"].as_u64().unwrap() >= 1,
+        "{run}"
+    );
 }

@@ -92,6 +92,10 @@ fn a_pipeline_runs_end_to_end_and_a_rerun_skips_every_stage() {
         serde_json::from_str(&std::fs::read_to_string(r.join("record/record.json")).unwrap())
             .unwrap();
     assert_eq!(record["model"]["sha256"].as_object().unwrap().len(), 1);
+    assert_eq!(record["machine"], switchyard::machine::this().to_json());
+    let on = format!(" · on {}", switchyard::machine::this().summary());
+    let md = std::fs::read_to_string(r.join("report.md")).unwrap();
+    assert!(md.contains(&on), "the report names the machine: {md}");
     assert!(r.join("record/recipe/smoke.toml").exists() && r.join("record/pipeline.toml").exists());
     assert!(r.join("record/suites/word-reversal.toml").exists());
 
