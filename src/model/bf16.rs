@@ -370,8 +370,9 @@ pub unsafe fn gemm(m: usize, n: usize, k: usize, dst: Dst, a: Mat<f32>, b: Mat<b
 }
 
 /// Rows of `A` up to which a weight with contiguous columns is read in place, unpacked (decode,
-/// and the eval harness's batches of up to 8): the same as the f32 decode kernels' limit.
-const FEW: usize = super::kernels::MAX_ROWS;
+/// and the eval harness's batches of up to 8): the same as the f32 decode kernels' limit
+/// (`kernels::MAX_ROWS`, not imported: the f32 kernels sit above this file).
+const FEW: usize = 8;
 
 /// Rows whose dot products one step computes together (more would spill registers).
 const GROUP: usize = 4;
